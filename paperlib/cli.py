@@ -36,7 +36,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if args.download:
         data.load_dataset(args.download, "train", download=True)
         data.load_dataset(args.download, "test", download=True)
-    rows = data.dataset_status(args.datasets or ("fashion-mnist", "cifar10", "imagenet"))
+    for name in args.datasets:
+        data.dataset_info(name)  # unknown names are a ConfigError
+    if args.root is not None:
+        for name in args.datasets or ("fashion-mnist",):
+            data.load_dataset(name, "test", root=args.root)  # missing or unreadable: DataNotFoundError
+    rows = data.dataset_status(args.datasets or ("fashion-mnist", "cifar10", "imagenet"), root=args.root)
     width = max(len(r["dataset"]) for r in rows)
     for r in rows:
         if r["found"]:
@@ -76,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="which datasets are present, where, and their sizes")
     p.add_argument("datasets", nargs="*", help="datasets to check (default: fashion-mnist cifar10 imagenet)")
+    p.add_argument("--root", default=None, help="look in this directory first")
     p.add_argument("--download", metavar="NAME", help="download NAME with torchvision first (network needed)")
     p.set_defaults(func=_cmd_data)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -312,13 +313,13 @@ def _read_idx(path: Path) -> torch.Tensor:
 
 def _locate_fashion_mnist(root, split: str) -> tuple[Path, Path]:
     img_stem, lbl_stem = _FMNIST_FILES[split]
+    if root is not None and not Path(root).is_dir():
+        raise DataNotFoundError(f"Fashion-MNIST directory {str(root)!r} does not exist; {_HOW_TO_GET_FMNIST}")
     looked = fashion_mnist_search_paths(root)
     for directory in looked:
         imgs, lbls = _find_idx(directory, img_stem), _find_idx(directory, lbl_stem)
         if imgs is not None and lbls is not None:
             return imgs, lbls
-    if root is not None and not Path(root).is_dir():
-        raise DataNotFoundError(f"Fashion-MNIST directory {str(root)!r} does not exist; {_HOW_TO_GET_FMNIST}")
     raise DataNotFoundError(
         f"Fashion-MNIST {split} files ({img_stem}[.gz], {lbl_stem}[.gz]) not found; looked in "
         + ", ".join(str(p) for p in looked) + f"; {_HOW_TO_GET_FMNIST}"
@@ -400,7 +401,13 @@ def load_cifar10(split: str, root=None, augment: bool = False, download: bool = 
     looked = [Path(p) for p in (root, os.environ.get("PAPERLIB_CIFAR10_DIR"), _cache_dir() / "cifar10") if p]
     for directory in looked:
         if (directory / "cifar-10-batches-py").is_dir():
-            return CIFAR10(str(directory), train=split == "train", transform=cifar10_transform(augment))
+            try:
+                return CIFAR10(str(directory), train=split == "train", transform=cifar10_transform(augment))
+            except (RuntimeError, OSError, pickle.UnpicklingError, EOFError) as exc:
+                raise DataNotFoundError(
+                    f"CIFAR-10 in {directory / 'cifar-10-batches-py'} could not be read ({exc}); delete it and "
+                    "run `paperlib data --download cifar10` where the network allows"
+                ) from None
     if download:
         return CIFAR10(str(looked[0]), train=split == "train", transform=cifar10_transform(augment), download=True)
     raise DataNotFoundError(
@@ -484,16 +491,16 @@ def load_dataset(name: str, split: str = "train", *, root: str | os.PathLike | N
     return load_synthetic(name[len("synthetic-"):], split, seed)
 
 
-def dataset_status(names: Sequence[str] = ("fashion-mnist", "cifar10", "imagenet")) -> list[dict]:
+def dataset_status(names: Sequence[str] = ("fashion-mnist", "cifar10", "imagenet"), root=None) -> list[dict]:
     """For ``paperlib data``: per dataset, whether it is found, where, and its split sizes."""
     rows = []
     for name in names:
         row: dict = {"dataset": name, "found": False, "train": None, "test": None, "where": None, "note": ""}
         try:
-            tr, te = load_dataset(name, "train"), load_dataset(name, "test")
+            tr, te = load_dataset(name, "train", root=root), load_dataset(name, "test", root=root)
             row.update(found=True, train=len(tr), test=len(te))
             if name == "fashion-mnist":
-                row["where"] = str(_locate_fashion_mnist(None, "train")[0].parent)
+                row["where"] = str(_locate_fashion_mnist(root, "train")[0].parent)
             elif hasattr(tr, "root"):
                 row["where"] = str(tr.root)
         except DataNotFoundError as exc:

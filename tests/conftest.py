@@ -1,0 +1,31 @@
+"""Shared test settings.
+
+Progress bars are disabled everywhere (also inside the kernels nbval starts, which inherit this environment),
+so notebook outputs compare cleanly with their committed versions.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fashion_mnist_available() -> bool:
+    from paperlib.data import DataNotFoundError, load_dataset
+
+    try:
+        load_dataset("fashion-mnist", "test")
+        return True
+    except DataNotFoundError:
+        return False
+
+
+requires_fmnist = pytest.mark.skipif(
+    not fashion_mnist_available(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist, or set PAPERLIB_FMNIST_DIR)",
+)
