@@ -1,0 +1,640 @@
+"""The bounds of Proposition 2.2: L-bound, modulus of continuity omega(eps), omega-bound, certified error.
+
+With the evaluation loss ``l`` (:func:`paperlib.losses.margin_loss`, threshold ``l0 = 0``) and ``||.||_*`` the
+dual of the attack norm (l2 -> l2, linf -> l1):
+
+* **L-bound** (per image): ``||v|| >= max(l0 - l(x), 0) / L`` where ``L = sup_x ||grad l(x)||_*`` is the
+  Lipschitz constant of the loss, estimated from the dual gradient norms of the test images either by their
+  empirical maximum (the authors' code, ``lipschitz='empirical-max'``) or by an extreme-value fit to batch
+  maxima (what the paper describes, ``lipschitz='evt'``, the default) -- :func:`lipschitz_constant`, :func:`l_bound`.
+* **modulus of continuity** (paper eq. 5): ``omega(eps) = sup_{x, ||v|| <= eps} l(x+v) - l(x) - <v, grad l(x)>``,
+  one number per model, norm and eps. Estimated from the first-order residual at ``omega_samples`` points
+  ``v`` drawn uniformly in the eps-ball around each image (clipped to [0, 1]) -- :func:`first_order_residuals`
+  -- whose maxima over batches of ``omega_batch_images`` images are fitted by a GEV -- :func:`estimate_omega`.
+  The estimate is floored at 0 (``v = 0`` gives residual 0) and made non-decreasing in eps along the grid
+  (the true omega is; a larger estimate at a smaller radius is a valid estimate at a larger one).
+* **omega-bound** at ``eps``: the image is certified if it is correct and
+  ``(l0 - l(x) - omega(eps)) / ||grad l(x)||_* >= eps`` -- :func:`omega_bound_certified` (written as
+  ``l0 - l(x) - omega(eps) >= eps ||grad l(x)||_*`` so a zero gradient is handled exactly).
+* **omega distance** (Table 2): the largest eps of a grid at which the image is certified, found by
+  bisection over the grid (the test is monotone in eps once omega is non-decreasing) -- :func:`omega_distance`.
+* **certified error at radius r** (Tables 1, B.6): the percentage of images not certified at ``r`` --
+  :func:`certified_error`; **regularity statistics** (Table B.3) -- :func:`regularity_statistics`.
+
+:func:`run_bounds` does all of it for one model and one norm from a :class:`BoundConfig`, and writes
+``bounds.csv`` (one row per image), ``evt.json`` (every fit), ``certified_error.csv`` and ``metrics.json``
+to the run store; a finished run with the same config is loaded instead of recomputed.
+
+These are *heuristic* bounds: L and omega are estimates, not suprema. :mod:`paperlib.bounds.audit` measures how
+often they exceed the distance of an adversarial the attack suite actually found.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from paperlib.config import (
+    ConfigError,
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_probability,
+    config_from_dict,
+    normalize_norm,
+)
+from paperlib.losses import LOSSES, MARGIN_L0, get_loss
+from paperlib.bounds.evt import GEVFit, estimate_supremum
+from paperlib.bounds.sampling import make_generator, perturb_in_box, sample_uniform_ball
+from paperlib.bounds.statistics import ImageStatistics, eval_mode, image_statistics, model_device
+
+__all__ = [
+    "BoundConfig",
+    "BoundsResult",
+    "lipschitz_constant",
+    "l_bound",
+    "first_order_residuals",
+    "estimate_omega",
+    "omega_bound_certified",
+    "omega_distance",
+    "certified_error",
+    "regularity_statistics",
+    "default_radii",
+    "eps_grid",
+    "run_bounds",
+    "load_bounds",
+]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: Radii at which certified error is reported by default (Tables 1, B.6; B.3 needs omega(0.5), omega(1.0)).
+DEFAULT_RADII: dict[str, tuple[float, ...]] = {
+    "l2": (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0),
+    "linf": (2 / 255, 8 / 255),
+}
+#: Largest radius of the omega-distance grid by default.
+DEFAULT_EPS_MAX: dict[str, float] = {"l2": 2.0, "linf": 32 / 255}
+
+
+def default_radii(norm: str) -> tuple[float, ...]:
+    """The reporting radii of ``norm`` used when a config gives none."""
+    return DEFAULT_RADII[normalize_norm(norm)]
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# L-bound
+# --------------------------------------------------------------------------------------------------
+
+
+def lipschitz_constant(
+    grad_norms: torch.Tensor | np.ndarray,
+    *,
+    method: str = "evt",
+    batch_size: int = 10,
+    tail_prob: float = 1e-3,
+    ks_alpha: float = 1e-3,
+    min_maxima: int = 10,
+    floor_at_max: bool = True,
+    seed: int = 0,
+) -> GEVFit:
+    """Estimate ``L = sup_x ||grad l(x)||_*`` from per-image dual gradient norms (shape ``[n]``).
+
+    ``method='empirical-max'``: the largest norm (the authors' code). ``method='evt'``: GEV fit to the maxima
+    of batches of ``batch_size`` images (see :mod:`paperlib.bounds.evt`). ``.value`` of the result is ``L``.
+    """
+    check_choice("lipschitz", method, ("evt", "empirical-max"))
+    return estimate_supremum(
+        grad_norms, batch_size=batch_size, tail_prob=tail_prob, ks_alpha=ks_alpha, min_maxima=min_maxima,
+        floor_at_max=floor_at_max, seed=seed, method=method,
+    )
+
+
+def l_bound(loss: torch.Tensor, lipschitz: float, l0: float = MARGIN_L0) -> torch.Tensor:
+    """Per-image L-bound ``max(l0 - l(x), 0) / L`` (shape of ``loss``; input units of the attack norm).
+
+    ``L = 0`` (a constant loss) gives ``inf`` for a positive gap and 0 otherwise.
+    """
+    check_nonnegative("lipschitz", float(lipschitz))
+    gap = (l0 - loss).clamp_min(0.0)
+    if lipschitz == 0:
+        return torch.where(gap > 0, torch.full_like(gap, float("inf")), torch.zeros_like(gap))
+    return gap / lipschitz
+
+
+# --------------------------------------------------------------------------------------------------
+# Modulus of continuity
+# --------------------------------------------------------------------------------------------------
+
+
+def first_order_residuals(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    *,
+    n_samples: int,
+    generator: torch.Generator,
+    loss_fn: LossFn = get_loss("margin"),
+    clip: bool = True,
+    batch_size: int = 256,
+    loss: torch.Tensor | None = None,
+    grad: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Residuals ``l(x+v) - l(x) - <v, grad l(x)>`` at ``n_samples`` uniform ``v`` in the eps-ball per image.
+
+    Args:
+        model: logits model (put in eval mode by the caller or here).
+        x: images ``[n, C, H, W]`` in [0, 1]; y: labels ``[n]``.
+        eps: ball radius > 0 (input units); norm: 'l2' or 'linf'.
+        n_samples: perturbations per image.
+        generator: source of the perturbations (CPU generator; the draws are moved to the model's device).
+        loss_fn: the evaluation loss.
+        clip: apply ``v`` as ``clip(x + v, 0, 1) - x`` (the threat model's box); the residual uses that ``v``.
+        batch_size: images per forward pass.
+        loss, grad: ``l(x)`` ``[n]`` and ``grad l(x)`` ``[n, C, H, W]`` if already computed.
+
+    Returns:
+        Tensor ``[n, n_samples]`` (CPU, float64).
+    """
+    norm = normalize_norm(norm)
+    check_positive("eps", eps)
+    _check_int("n_samples", n_samples, 1)
+    _check_int("batch_size", batch_size, 1)
+    device = model_device(model)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
+    out = torch.empty(x.shape[0], n_samples, dtype=torch.float64)
+    with eval_mode(model):
+        for s in range(0, x.shape[0], batch_size):
+            xb = x[s : s + batch_size].to(device=device, dtype=dtype)
+            yb = y[s : s + batch_size].to(device)
+            b = xb.shape[0]
+            if loss is None or grad is None:
+                xg = xb.clone().requires_grad_(True)
+                with torch.enable_grad():
+                    lb = loss_fn(model(xg), yb)
+                    (gb,) = torch.autograd.grad(lb.sum(), xg)
+                lb, gb = lb.detach(), gb.detach()
+            else:
+                lb = loss[s : s + batch_size].to(device=device, dtype=dtype)
+                gb = grad[s : s + batch_size].to(device=device, dtype=dtype)
+            with torch.no_grad():
+                for j in range(n_samples):
+                    v = sample_uniform_ball(b, xb.shape[1:], eps, norm, generator=generator, dtype=dtype).to(device)
+                    if clip:
+                        v = perturb_in_box(xb, v)
+                    lv = loss_fn(model(xb + v), yb)
+                    linear = (v * gb).reshape(b, -1).sum(dim=1)
+                    out[s : s + b, j] = (lv.double() - lb.double() - linear.double()).cpu()
+    return out
+
+
+def estimate_omega(
+    residuals: torch.Tensor,
+    *,
+    batch_images: int = 1,
+    tail_prob: float = 1e-3,
+    ks_alpha: float = 1e-3,
+    min_maxima: int = 10,
+    floor_at_max: bool = True,
+    seed: int = 0,
+    method: str = "evt",
+) -> GEVFit:
+    """Estimate ``omega(eps)`` from residuals ``[n_images, n_samples]`` of :func:`first_order_residuals`.
+
+    A batch is ``batch_images`` images with all their perturbations; its maximum is the largest residual in
+    it. ``method='evt'`` fits a GEV to the batch maxima, ``'empirical-max'`` takes the largest residual.
+    The returned ``.value`` is *not* yet floored at 0 (:func:`run_bounds` floors it).
+    """
+    per_image = residuals.reshape(residuals.shape[0], -1).max(dim=1).values
+    return estimate_supremum(
+        per_image, batch_size=batch_images, tail_prob=tail_prob, ks_alpha=ks_alpha, min_maxima=min_maxima,
+        floor_at_max=floor_at_max, seed=seed, method=method,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# omega-bound and certified error
+# --------------------------------------------------------------------------------------------------
+
+
+def omega_bound_certified(
+    loss: torch.Tensor, grad_norm: torch.Tensor, omega: float, eps: float, l0: float = MARGIN_L0
+) -> torch.Tensor:
+    """The omega-bound test at radius ``eps`` (Proposition 2.2), per image: bool ``[n]``.
+
+    True iff ``l(x) < l0`` and ``l0 - l(x) - omega(eps) >= eps * ||grad l(x)||_*``.
+    """
+    check_positive("eps", eps)
+    check_nonnegative("omega", float(omega))
+    return (loss < l0) & (l0 - loss - omega >= eps * grad_norm)
+
+
+def eps_grid(eps_max: float, grid_size: int, extra: Sequence[float] = ()) -> np.ndarray:
+    """Sorted unique radii: ``eps_max * k / grid_size`` for ``k = 1..grid_size`` plus ``extra`` (all > 0)."""
+    check_positive("eps_max", eps_max)
+    _check_int("grid_size", grid_size, 1)
+    for r in extra:
+        check_positive("radius", r)
+    values = np.concatenate([eps_max * np.arange(1, grid_size + 1) / grid_size, np.asarray(extra, dtype=float)])
+    return np.unique(np.round(values, 12))
+
+
+def omega_distance(
+    loss: torch.Tensor,
+    grad_norm: torch.Tensor,
+    grid: Sequence[float] | np.ndarray,
+    omega: Sequence[float] | np.ndarray,
+    l0: float = MARGIN_L0,
+) -> torch.Tensor:
+    """Per-image largest certified radius on ``grid`` (0 if none), by bisection over the grid.
+
+    Args:
+        loss, grad_norm: ``l(x)`` and ``||grad l(x)||_*``, shape ``[n]``.
+        grid: increasing radii ``[K]`` (> 0).
+        omega: ``omega`` at each radius ``[K]``, non-decreasing (see the module docstring), >= 0.
+
+    Returns:
+        float64 tensor ``[n]``. The test is monotone along the grid (``omega`` and ``eps * ||grad||`` both
+        increase), so bisection finds the largest certified grid point in ``log2(K)`` tests per image.
+    """
+    grid_t = torch.as_tensor(np.asarray(grid, dtype=np.float64))
+    omega_t = torch.as_tensor(np.asarray(omega, dtype=np.float64))
+    if grid_t.ndim != 1 or grid_t.shape != omega_t.shape or grid_t.numel() == 0:
+        raise ConfigError("grid and omega must be 1-d arrays of the same non-zero length")
+    if (grid_t <= 0).any() or (grid_t[1:] <= grid_t[:-1]).any():
+        raise ConfigError("grid must be strictly increasing and > 0")
+    if (omega_t < 0).any() or (omega_t[1:] < omega_t[:-1]).any():
+        raise ConfigError("omega must be >= 0 and non-decreasing along the grid")
+    loss = loss.double().cpu()
+    gnorm = grad_norm.double().cpu()
+    k = grid_t.numel()
+    lo = torch.full(loss.shape, -1, dtype=torch.long)  # largest index known certified
+    hi = torch.full(loss.shape, k, dtype=torch.long)  # smallest index known not certified
+    correct = loss < l0
+    while True:
+        active = hi - lo > 1
+        if not active.any():
+            break
+        mid = torch.div(lo + hi, 2, rounding_mode="floor").clamp(0, k - 1)
+        cert = correct & (l0 - loss - omega_t[mid] >= grid_t[mid] * gnorm)
+        lo = torch.where(active & cert, mid, lo)
+        hi = torch.where(active & ~cert, mid, hi)
+    return torch.where(lo >= 0, grid_t[lo.clamp_min(0)], torch.zeros_like(loss))
+
+
+def certified_error(
+    radius: torch.Tensor | np.ndarray, correct: torch.Tensor | np.ndarray, radii: Sequence[float]
+) -> dict[float, float]:
+    """Certified % error at each ``r`` in ``radii``: ``100 * mean(not (correct and radius >= r))``.
+
+    ``radius`` is a per-image certified radius (L-bound, omega distance, smoothing radius) and ``correct``
+    whether the (smoothed) prediction is right; abstentions and misclassifications are errors at every r.
+    For the omega distance on a grid, ``radius >= r`` implies the image is certified at ``r`` (monotonicity),
+    so the value is exact at grid radii and conservative between them.
+    """
+    rad = np.asarray(radius.cpu() if isinstance(radius, torch.Tensor) else radius, dtype=np.float64)
+    cor = np.asarray(correct.cpu() if isinstance(correct, torch.Tensor) else correct, dtype=bool)
+    if rad.shape != cor.shape:
+        raise ConfigError(f"radius {rad.shape} and correct {cor.shape} must have the same shape")
+    if rad.size == 0:
+        raise ConfigError("certified error of zero images is undefined")
+    return {float(r): float(100.0 * np.mean(~(cor & (rad >= r)))) for r in radii}
+
+
+def regularity_statistics(stats: ImageStatistics, omega: dict[float, float]) -> dict[str, float]:
+    """Table B.3: mean and max ``||grad l(x)||_2`` over the images, and omega at the given radii.
+
+    ``omega`` maps radius -> estimate (l2 estimates for the table); keys become ``omega(<r>)``.
+    """
+    g = stats.grad_norm_l2.double()
+    out = {"grad_norm_mean": float(g.mean()), "grad_norm_max": float(g.max())}
+    for r, w in sorted(omega.items()):
+        out[f"omega({r:g})"] = float(w)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole computation for one model and one norm
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoundConfig:
+    """What :func:`run_bounds` computes. Frozen; validated on construction (:class:`ConfigError`).
+
+    Args:
+        norm: attack norm, 'l2' or 'linf' (gradients use its dual: l2 or l1).
+        n_images: number of images bounded (the same draw as the attack suite's: ``sample_images(n, seed)``).
+        image_seed: seed of that draw.
+        loss: evaluation loss, 'margin' (the paper's, on probabilities) or 'logit-margin'.
+        top_k: top-k variant of the loss (5 for ImageNet's top-5 error).
+        lipschitz: which L the ``l_bound`` column uses: 'evt' (the paper) or 'empirical-max' (authors' code);
+            both are always computed and stored.
+        lipschitz_batch: images per batch maximum for the EVT estimate of L.
+        omega_samples: uniform perturbations per image and radius for omega(eps).
+        omega_batch_images: images per batch maximum for the EVT estimate of omega(eps).
+        omega_images: estimate omega from the first ``omega_images`` images only (None: all of them).
+        omega_method: 'evt' (the paper) or 'empirical-max'.
+        eps_max: largest radius of the omega-distance grid (None: 2.0 in l2, 32/255 in linf).
+        grid_size: number of evenly spaced grid radii (the reporting radii are added to the grid).
+        radii: radii at which certified error is reported (None: :data:`DEFAULT_RADII` of the norm).
+        tail_prob: EVT tail probability ``p`` (estimate = the fitted ``1 - p`` quantile; the paper's 0.001).
+        ks_alpha: reject a GEV fit when its Kolmogorov-Smirnov p-value is below this (use the empirical max).
+        min_maxima: fewest batch maxima for a GEV fit.
+        floor_at_max: never estimate a supremum below the largest observed sample.
+        clip: keep perturbed points in [0, 1] when sampling the residual.
+        batch_size: images per forward/backward pass.
+        seed: seed of every random draw (perturbations, batch shuffles).
+    """
+
+    norm: str = "l2"
+    n_images: int = 1000
+    image_seed: int = 0
+    loss: str = "margin"
+    top_k: int = 1
+    lipschitz: str = "evt"
+    lipschitz_batch: int = 10
+    omega_samples: int = 16
+    omega_batch_images: int = 1
+    omega_images: int | None = None
+    omega_method: str = "evt"
+    eps_max: float | None = None
+    grid_size: int = 20
+    radii: tuple[float, ...] | None = None
+    tail_prob: float = 1e-3
+    ks_alpha: float = 1e-3
+    min_maxima: int = 10
+    floor_at_max: bool = True
+    clip: bool = True
+    batch_size: int = 250
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", normalize_norm(self.norm))
+        _check_int("n_images", self.n_images, 1)
+        _check_int("image_seed", self.image_seed, 0)
+        check_choice("loss", self.loss, tuple(LOSSES))
+        _check_int("top_k", self.top_k, 1)
+        check_choice("lipschitz", self.lipschitz, ("evt", "empirical-max"))
+        _check_int("lipschitz_batch", self.lipschitz_batch, 1)
+        _check_int("omega_samples", self.omega_samples, 1)
+        _check_int("omega_batch_images", self.omega_batch_images, 1)
+        if self.omega_images is not None:
+            _check_int("omega_images", self.omega_images, 1)
+        check_choice("omega_method", self.omega_method, ("evt", "empirical-max"))
+        if self.eps_max is not None:
+            check_positive("eps_max", self.eps_max)
+        _check_int("grid_size", self.grid_size, 1)
+        if self.radii is not None:
+            radii = tuple(float(r) if not isinstance(r, bool) else r for r in self.radii)
+            if not radii:
+                raise ConfigError("radii must not be empty (or None for the defaults)")
+            for r in radii:
+                check_positive("radius", r)
+            object.__setattr__(self, "radii", radii)
+        check_probability("tail_prob", self.tail_prob)
+        check_probability("ks_alpha", self.ks_alpha)
+        _check_int("min_maxima", self.min_maxima, 3)
+        for name in ("floor_at_max", "clip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("seed", self.seed, 0)
+
+    @property
+    def resolved_radii(self) -> tuple[float, ...]:
+        return self.radii if self.radii is not None else default_radii(self.norm)
+
+    @property
+    def resolved_eps_max(self) -> float:
+        return self.eps_max if self.eps_max is not None else DEFAULT_EPS_MAX[self.norm]
+
+    def grid(self) -> np.ndarray:
+        """The radii at which omega is estimated (even grid + reporting radii)."""
+        extra = list(self.resolved_radii)
+        if self.norm == "l2":
+            extra += [0.5, 1.0]  # Table B.3 reports omega(0.5) and omega(1.0) in l2
+        return eps_grid(self.resolved_eps_max, self.grid_size, extra)
+
+
+@dataclass
+class BoundsResult:
+    """What :func:`run_bounds` returns (and writes).
+
+    Attributes:
+        table: one row per image (``bounds.csv``): image, label, prediction, correct, loss, grad_norm_l2,
+            grad_norm_l1, grad_norm (the dual norm of ``norm``), l_bound_evt, l_bound_empirical_max,
+            l_bound (the config's choice), omega_distance, norm.
+        evt: every extreme-value fit (``evt.json``): ``lipschitz`` {'evt', 'empirical-max'} and ``omega``
+            (one entry per grid radius with the raw fit and the value used).
+        certified: certified % error per reporting radius for both bounds (``certified_error.csv``).
+        metrics: summary numbers (``metrics.json``).
+    """
+
+    table: pd.DataFrame
+    evt: dict[str, Any]
+    certified: pd.DataFrame
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def omega(self) -> dict[float, float]:
+        """Radius -> omega(eps) used in the bound."""
+        return {float(e["eps"]): float(e["omega"]) for e in self.evt["omega"]}
+
+
+def _check_inputs(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | Sequence[int], cfg: BoundConfig | Any) -> torch.Tensor:
+    idx_t = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+    if not (x.shape[0] == y.shape[0] == idx_t.shape[0]):
+        raise ConfigError(f"x ({x.shape[0]}), y ({y.shape[0]}) and idx ({idx_t.shape[0]}) must have one entry per image")
+    if x.shape[0] != cfg.n_images:
+        raise ConfigError(f"got {x.shape[0]} images but the config says n_images={cfg.n_images}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ConfigError("images must lie in [0, 1] (normalization belongs inside the model)")
+    return idx_t
+
+
+def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, cfg: BoundConfig,
+                    run: Any = None, progress: bool = True) -> BoundsResult:
+    from tqdm.auto import tqdm
+
+    loss_fn = lambda logits, labels: get_loss(cfg.loss)(logits, labels, top_k=cfg.top_k)  # noqa: E731
+    stats = image_statistics(model, x, y, batch_size=cfg.batch_size, loss_fn=loss_fn, progress=progress)
+    gnorm = stats.grad_norm(cfg.norm)
+    fit_kw = dict(tail_prob=cfg.tail_prob, ks_alpha=cfg.ks_alpha, min_maxima=cfg.min_maxima,
+                  floor_at_max=cfg.floor_at_max, seed=cfg.seed)
+    lip = {m: lipschitz_constant(gnorm, method=m, batch_size=cfg.lipschitz_batch, **fit_kw)
+           for m in ("evt", "empirical-max")}
+
+    grid = cfg.grid()
+    n_omega = x.shape[0] if cfg.omega_images is None else min(cfg.omega_images, x.shape[0])
+    xo, yo = x[:n_omega], y[:n_omega]
+    state = run.load_checkpoint() if run is not None else None
+    per_image_max: dict[int, torch.Tensor] = {}
+    if state is not None and state.get("kind") == "bounds-omega":
+        per_image_max = {int(k): v for k, v in zip(state["done"], state["maxima"])}
+    for k, eps in enumerate(tqdm(grid, desc=f"omega({cfg.norm})", disable=not progress, leave=False)):
+        if k in per_image_max:
+            continue
+        # One generator per radius, seeded by (seed, k): a resumed run draws exactly the same perturbations.
+        gen = make_generator(int(np.random.SeedSequence([cfg.seed, k]).generate_state(1)[0]))
+        res = first_order_residuals(model, xo, yo, float(eps), cfg.norm, n_samples=cfg.omega_samples,
+                                    generator=gen, loss_fn=loss_fn, clip=cfg.clip, batch_size=cfg.batch_size)
+        per_image_max[k] = res.max(dim=1).values
+        if run is not None:
+            done = sorted(per_image_max)
+            run.save_checkpoint({"kind": "bounds-omega", "done": done, "maxima": [per_image_max[i] for i in done]})
+
+    omega_entries = []
+    running = 0.0
+    for k, eps in enumerate(grid):
+        fit = estimate_omega(per_image_max[k].view(-1, 1), batch_images=cfg.omega_batch_images,
+                             method=cfg.omega_method, **fit_kw)
+        raw = max(fit.value, 0.0)
+        running = max(running, raw)  # omega is non-decreasing in eps
+        omega_entries.append({"eps": float(eps), "omega": running, "omega_raw": raw, "fit": fit.to_dict()})
+    omega_values = np.array([e["omega"] for e in omega_entries])
+
+    dist = omega_distance(stats.loss, gnorm, grid, omega_values)
+    lb = {m: l_bound(stats.loss.double(), lip[m].value) for m in lip}
+    table = pd.DataFrame({
+        "image": idx.numpy(),
+        "label": y.cpu().numpy(),
+        "prediction": stats.prediction.numpy(),
+        "correct": stats.correct.numpy(),
+        "loss": stats.loss.double().numpy(),
+        "grad_norm_l2": stats.grad_norm_l2.double().numpy(),
+        "grad_norm_l1": stats.grad_norm_l1.double().numpy(),
+        "grad_norm": gnorm.double().numpy(),
+        "l_bound_evt": lb["evt"].numpy(),
+        "l_bound_empirical_max": lb["empirical-max"].numpy(),
+        "l_bound": lb[cfg.lipschitz].numpy(),
+        "omega_distance": dist.numpy(),
+        "norm": cfg.norm,
+    })
+    radii = cfg.resolved_radii
+    correct = table["correct"].to_numpy()
+    cert = pd.DataFrame({
+        "radius": list(radii),
+        "omega_bound_error": list(certified_error(table["omega_distance"].to_numpy(), correct, radii).values()),
+        "l_bound_error": list(certified_error(table["l_bound"].to_numpy(), correct, radii).values()),
+    })
+    evt = {"norm": cfg.norm, "lipschitz": {m: f.to_dict() for m, f in lip.items()}, "omega": omega_entries}
+    result = BoundsResult(table=table, evt=evt, certified=cert)
+    result.metrics = _metrics(result, cfg, stats)
+    return result
+
+
+def _metrics(result: BoundsResult, cfg: BoundConfig, stats: ImageStatistics | None = None) -> dict[str, Any]:
+    t = result.table
+    omega = result.omega()
+    m: dict[str, Any] = {
+        "norm": cfg.norm,
+        "n_images": int(len(t)),
+        "clean_error": float(100.0 * (1.0 - t["correct"].mean())),
+        "lipschitz_evt": float(result.evt["lipschitz"]["evt"]["value"]),
+        "lipschitz_empirical_max": float(result.evt["lipschitz"]["empirical-max"]["value"]),
+        "lipschitz_evt_method": result.evt["lipschitz"]["evt"]["method"],
+        "mean_l_bound": float(t["l_bound"].mean()),
+        "mean_l_bound_evt": float(t["l_bound_evt"].mean()),
+        "mean_l_bound_empirical_max": float(t["l_bound_empirical_max"].mean()),
+        "mean_omega_distance": float(t["omega_distance"].mean()),
+        "grad_norm_mean": float(t["grad_norm"].mean()),
+        "grad_norm_max": float(t["grad_norm"].max()),
+        "grad_norm_l2_mean": float(t["grad_norm_l2"].mean()),
+        "grad_norm_l2_max": float(t["grad_norm_l2"].max()),
+        "omega_fits_rejected": int(sum(1 for e in result.evt["omega"] if e["fit"]["method"] != "gev")),
+    }
+    for r in cfg.resolved_radii:
+        m[f"omega({r:g})"] = float(omega[min(omega, key=lambda e: abs(e - r))])
+    for _, row in result.certified.iterrows():
+        m[f"omega_bound_error@{row['radius']:g}"] = float(row["omega_bound_error"])
+        m[f"l_bound_error@{row['radius']:g}"] = float(row["l_bound_error"])
+    if cfg.norm == "l2":  # Table B.3 (measured in l2)
+        m["regularity"] = {
+            "grad_norm_mean": m["grad_norm_l2_mean"], "grad_norm_max": m["grad_norm_l2_max"],
+            "omega(0.5)": float(omega[min(omega, key=lambda e: abs(e - 0.5))]),
+            "omega(1)": float(omega[min(omega, key=lambda e: abs(e - 1.0))]),
+        }
+    return m
+
+
+def _write(run: Any, result: BoundsResult) -> None:
+    run.write_table("bounds.csv", result.table)
+    run.write_json("evt.json", result.evt)
+    run.write_table("certified_error.csv", result.certified)
+
+
+def load_bounds(run: Any, cfg: BoundConfig | None = None) -> BoundsResult:
+    """Load a finished bounds run (``bounds.csv``, ``evt.json``, ``certified_error.csv``, ``metrics.json``)."""
+    if run.status != "finished":
+        raise ConfigError(f"bounds run {run.path} is {run.status}, not finished; run `paperlib bound` first")
+    table = run.read_table("bounds.csv")
+    table["correct"] = table["correct"].astype(bool)
+    return BoundsResult(
+        table=table, evt=run.read_json("evt.json"), certified=run.read_table("certified_error.csv"),
+        metrics=run.read_json("metrics.json") if run.exists("metrics.json") else {},
+    )
+
+
+def run_bounds(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor | Sequence[int],
+    cfg: BoundConfig,
+    run: Any = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+) -> BoundsResult:
+    """L-bound, omega(eps) on a grid, omega-bound distance and certified error for every image.
+
+    Args:
+        model: logits model on [0, 1] inputs (eval mode is used; its mode is restored).
+        x: images ``[n, C, H, W]`` in [0, 1]; y: labels ``[n]``; idx: dataset indices ``[n]`` (the ``image``
+            column, which lines the table up with the attack suite's ``best.csv``).
+        cfg: the :class:`BoundConfig` (``cfg.n_images`` must equal ``n``).
+        run: a :class:`paperlib.runs.Run` for ``cfg`` (e.g. ``trained_run.subrun('bounds-l2', cfg)``), or None
+            to compute without writing. A finished run with the same config is loaded, not recomputed; a
+            partial one resumes from its checkpoint (per grid radius).
+        force: recompute even if finished (the old directory is moved aside).
+        progress: tqdm bars.
+    """
+    if not isinstance(cfg, BoundConfig):
+        raise ConfigError(f"cfg must be a BoundConfig, got {type(cfg).__name__}")
+    idx_t = _check_inputs(x, y, idx, cfg)
+    if run is None:
+        return _compute_bounds(model, x, y, idx_t, cfg, None, progress)
+    from paperlib.runs import load_or_run
+
+    holder: dict[str, BoundsResult] = {}
+
+    def compute(r: Any) -> dict[str, Any]:
+        r.log(f"bounds: {len(idx_t)} images, norm {cfg.norm}")
+        result = _compute_bounds(model, x, y, idx_t, cfg, r, progress)
+        _write(r, result)
+        holder["result"] = result
+        return result.metrics
+
+    load_or_run(run, compute, force=force)
+    result = holder.get("result") or load_bounds(run, cfg)
+    if not np.array_equal(result.table["image"].to_numpy(), idx_t.numpy()):
+        raise ConfigError(f"{run.path} holds bounds for other images than the ones given; use force to recompute")
+    return result
+
+
+def bound_config_from_dict(data: dict[str, Any]) -> BoundConfig:
+    """Rebuild a :class:`BoundConfig` from its stored dict."""
+    return config_from_dict(BoundConfig, data)
