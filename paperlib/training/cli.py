@@ -1,0 +1,139 @@
+"""``paperlib train``: train one model of the paper's grid into the run store.
+
+Examples::
+
+    paperlib train --profile fmnist --method penalty --penalty fd --norm l1 --lam 1 --h 0.1
+    paperlib train --profile fmnist --method fd --norm l2 --lam 0.1        # --method fd|dbp: the penalty, shortly
+    paperlib train --profile cifar10 --method pgd-at --eps 8/255
+    paperlib train --profile cifar10 --method free-at --m 8
+    torchrun --nproc_per_node 4 -m paperlib train --profile imagenet --method fd --norm l2 --lam 1
+
+``--norm`` is the norm in the paper's row label: for the penalty, the norm of the squared-norm penalty
+(``l2``, or ``l1`` against linf attacks; ``--attack-norm linf`` says the same thing from the attack's side);
+for adversarial training, the ball's norm (``linf``). Rerunning a command resumes a partial run from its last
+checkpoint and returns a finished one at once; ``--force`` retrains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from fractions import Fraction
+
+from paperlib.config import ConfigError
+
+__all__ = ["add_parser", "parse_number"]
+
+
+def parse_number(text: str) -> float:
+    """A float, or a fraction such as ``8/255``."""
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.031 or 8/255)") from None
+
+
+def _milestones(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of epochs") from None
+
+
+def add_parser(subparsers) -> None:
+    """Register the ``train`` sub-command."""
+    p = subparsers.add_parser("train", help="train one model (undefended, gradient penalty, PGD-AT, free-AT)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to train")
+    g.add_argument("--profile", default="smoke", help="smoke | fmnist | cifar10 | imagenet (default: smoke)")
+    g.add_argument("--method", default="undefended",
+                   help="undefended | penalty | pgd-at | free-at, or fd | dbp for the penalty (default: undefended)")
+    g.add_argument("--penalty", default=None, help="fd (finite differences, default) | dbp (double backprop)")
+    g.add_argument("--norm", default=None,
+                   help="penalty: l2 (default) | l1 (dual of linf); adversarial training: linf (default) | l2")
+    g.add_argument("--attack-norm", default=None, help="penalty only: the attack norm to defend, l2 | linf")
+    g.add_argument("--lam", type=parse_number, default=None, help="penalty strength lambda (default 0.1)")
+    g.add_argument("--h", type=parse_number, default=None, help="finite-difference step, pixel units (default 0.01)")
+    g.add_argument("--scheme", default=None, help="forward (default) | central finite differences")
+    g.add_argument("--scale", default=None, help="eq8 (lam/2, default) | algorithm1 (lam) | eq8-literal")
+    g.add_argument("--bn-guard", action="store_true", default=None,
+                   help="perturbed/attack forwards leave BatchNorm running statistics alone")
+    g.add_argument("--eps", type=parse_number, default=None, help="AT ball radius, pixel units (default 8/255)")
+    g.add_argument("--steps", type=int, default=None, help="PGD-AT steps (default 7)")
+    g.add_argument("--step-size", type=parse_number, default=None, help="PGD-AT step (default eps/4)")
+    g.add_argument("--no-random-start", dest="random_start", action="store_false", default=None,
+                   help="PGD-AT: start at x, as the authors' code (default: Madry's random start)")
+    g.add_argument("--m", type=int, default=None, help="free-AT replays per minibatch (default 8)")
+    r = p.add_argument_group("recipe (defaults from the profile)")
+    r.add_argument("--dataset", default=None)
+    r.add_argument("--model", default=None)
+    r.add_argument("--epochs", type=int, default=None)
+    r.add_argument("--batch-size", type=int, default=None, help="global batch size (split over torchrun ranks)")
+    r.add_argument("--lr", type=parse_number, default=None)
+    r.add_argument("--momentum", type=parse_number, default=None)
+    r.add_argument("--weight-decay", type=parse_number, default=None)
+    r.add_argument("--milestones", type=_milestones, default=None, help="e.g. 60,120,160")
+    r.add_argument("--lr-gamma", type=parse_number, default=None)
+    r.add_argument("--train-subset", type=int, default=None)
+    r.add_argument("--test-subset", type=int, default=None)
+    r.add_argument("--num-workers", type=int, default=None)
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast on CUDA")
+    r.add_argument("--channels-last", default=None, help="auto | on | off")
+    x = p.add_argument_group("execution")
+    x.add_argument("--runs-dir", default=None, help="run store root (default: $PAPERLIB_RUNS or ./runs)")
+    x.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA if available)")
+    x.add_argument("--force", action="store_true", help="retrain a finished run; move a stale one aside")
+    x.add_argument("--no-resume", dest="resume", action="store_false", help="ignore a partial run's checkpoint")
+    x.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+_CONFIG_ARGS = ("penalty", "norm", "lam", "h", "scheme", "scale", "bn_guard", "eps", "steps", "step_size",
+                "random_start", "m", "dataset", "model", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+                "milestones", "lr_gamma", "train_subset", "test_subset", "num_workers", "seed", "amp",
+                "channels_last")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~paperlib.training.TrainConfig` an argument namespace describes."""
+    from paperlib.regularizers import dual_norm, penalty_norm
+    from paperlib.training import TrainConfig
+
+    overrides = {k: getattr(args, k) for k in _CONFIG_ARGS if getattr(args, k, None) is not None}
+    method = args.method
+    if method in ("fd", "dbp"):
+        if overrides.get("penalty", method) != method:
+            raise ConfigError(f"--method {method} contradicts --penalty {overrides['penalty']}")
+        method, overrides["penalty"] = "penalty", method
+    if args.attack_norm is not None:
+        if method != "penalty":
+            raise ConfigError("--attack-norm applies to the penalty only; adversarial training takes --norm linf|l2")
+        dual = dual_norm(args.attack_norm)
+        if "norm" in overrides and penalty_norm(overrides["norm"]) != dual:
+            raise ConfigError(f"--norm {overrides['norm']} contradicts --attack-norm {args.attack_norm} "
+                              f"(whose dual is {dual})")
+        overrides["norm"] = dual
+    return TrainConfig.from_profile(args.profile, method=method, **overrides)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from paperlib.training import TrainingDivergedError, train
+    from paperlib.training.distributed import destroy_distributed, init_distributed
+
+    cfg = config_from_args(args)
+    env = init_distributed(args.device)
+    try:
+        run = train(cfg, args.runs_dir, resume=args.resume, progress=args.progress, force=args.force,
+                    device=args.device)
+    except TrainingDivergedError as exc:
+        if env.is_main:
+            print(f"paperlib: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        destroy_distributed()
+    if env.is_main:
+        m = run.read_json("metrics.json")
+        print(f"{run.path}: clean test error {m['clean_error_pct']:.2f}% after {m['epochs']} epochs, "
+              f"training time {m['train_hours']:.4f} h ({m['world_size']} process(es), {m['device']})")
+    return 0

@@ -1,0 +1,595 @@
+"""The training engine: a typed config, SGD with the paper's schedules, per-epoch evaluation, exact resume.
+
+:func:`train` runs one :class:`TrainConfig` into a run of the run store (``runs/<profile>/<run_name>/``):
+
+* SGD with momentum and weight decay; the learning rate is multiplied by ``lr_gamma`` at each milestone
+  epoch (the profiles of DESIGN.md section 8; free AT divides epochs and milestones by ``m``);
+* every epoch: training (wall time measured, evaluation excluded), evaluation of the clean test error in eval
+  mode, one row of ``train_log.csv``, a line of ``log.txt``, and a checkpoint (model, optimizer, method state,
+  log, elapsed training time) written atomically;
+* exact resume: data order depends only on ``(seed, epoch)``, every step's randomness on
+  ``(seed, epoch, step, rank)``, so training N epochs straight and training k, being killed, and resuming to
+  N give the same weights;
+* a non-finite loss stops training before it reaches the weights, with a :class:`TrainingDivergedError` naming
+  the epoch and step; the last good checkpoint stays;
+* torchrun / DDP (see :mod:`paperlib.training.distributed`): ``batch_size`` is global, each rank gets
+  ``batch_size / world_size`` examples of every global batch, only rank 0 writes.
+
+Results: ``weights.pt`` (final state_dict), ``train_log.csv`` (per epoch), ``metrics.json`` (clean test error in
+percent, total training hours, ...). :func:`load_trained` gives back ``(model in eval mode, TrainConfig)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from paperlib.config import (
+    ConfigError,
+    PROFILES,
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    config_from_dict,
+    config_hash,
+    get_profile,
+    normalize_norm,
+)
+from paperlib.regularizers import FD_SCHEMES, PENALTY_METHODS, SCALES, penalty_norm
+from paperlib.training.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    unwrap_model,
+    wrap_model,
+)
+from paperlib.training.methods import METHODS, build_method
+
+__all__ = ["TrainConfig", "TrainingDivergedError", "run_name", "train", "load_trained", "evaluate",
+           "learning_rate", "train_epochs"]
+
+# Fields that belong to one method only; they are None for the others.
+_METHOD_FIELDS = {
+    "penalty": ("penalty", "norm", "lam", "h", "scheme", "scale", "bn_guard"),
+    "pgd-at": ("norm", "eps", "steps", "step_size", "random_start", "bn_guard"),
+    "free-at": ("norm", "eps", "m"),
+    "undefended": (),
+}
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "penalty": {"penalty": "fd", "norm": "l2", "lam": 0.1, "h": 0.01, "scheme": "forward", "scale": "eq8",
+                "bn_guard": False},
+    "pgd-at": {"norm": "linf", "eps": 8 / 255, "steps": 7, "step_size": None, "random_start": True,
+               "bn_guard": False},
+    "free-at": {"norm": "linf", "eps": 8 / 255, "m": 8},
+    "undefended": {},
+}
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model. Build it with :meth:`from_profile`.
+
+    Recipe (from the profile):
+        profile: run-store profile (``smoke``, ``fmnist``, ``cifar10``, ``imagenet``).
+        dataset, model: names for :func:`paperlib.data.load_dataset` / :func:`paperlib.models.build_model`.
+        epochs: epochs of standard training (>= 1); free AT runs ``ceil(epochs / m)``.
+        batch_size: global minibatch size (split over torchrun ranks).
+        lr, momentum, weight_decay: SGD; ``milestones`` (epochs) at which lr is multiplied by ``lr_gamma``.
+        eval_batch_size: batch size of the per-epoch evaluation.
+        train_subset, test_subset: use this many seeded-random images (seed 0, the same for every model), or all.
+        augment: the dataset's training augmentation (CIFAR-10: crop, flip, Cutout; ImageNet: resized crop, flip).
+        num_workers: DataLoader workers for file-backed datasets.
+        seed: seeds the initialization, the data order and every random step.
+        amp: bfloat16 autocast on CUDA (off by default: the FD quotient ``(l(x+hd) - l(x))/h`` loses digits in
+            low precision; the loss itself is computed in float32 either way). Ignored on CPU.
+        channels_last: ``'auto'`` (on CUDA with amp), ``'on'``, ``'off'``.
+
+    Method:
+        method: ``'undefended'``, ``'penalty'``, ``'pgd-at'`` or ``'free-at'``.
+        penalty: ``'fd'`` (finite differences) or ``'dbp'`` (double backprop).             [penalty]
+        norm: penalty: the penalty's norm ``'l2'``/``'l1'`` (``'l1'`` is the dual of linf attacks);
+            AT: the ball's norm ``'linf'`` (paper) or ``'l2'``. (The paper's row labels: "squared l1 norm",
+            "linf 7-step AT".)                                                            [penalty, AT]
+        lam: regularization strength (>= 0); h: FD step in [0, 1] pixel units (> 0, FD only);
+            scheme: ``'forward'``/``'central'`` (FD only); scale: ``'eq8'``/``'algorithm1'``/``'eq8-literal'``.
+        bn_guard: perturbed/attack forwards leave BatchNorm running statistics alone.     [penalty, pgd-at]
+        eps: AT ball radius in pixel units (8/255); steps: PGD steps (7); step_size: PGD step (default eps/4);
+            random_start: Madry's uniform start (True) or the authors' start at x (False).  [pgd-at]
+        m: free-AT replays per minibatch (8).                                             [free-at]
+
+    Fields of other methods must be left None (an explicit value is an error, so a run name never hides a
+    setting). Bad values raise :class:`~paperlib.config.ConfigError` naming the value and what is allowed.
+    """
+
+    profile: str
+    dataset: str
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.2
+    eval_batch_size: int = 500
+    train_subset: int | None = None
+    test_subset: int | None = None
+    augment: bool = False
+    num_workers: int = 0
+    seed: int = 0
+    amp: bool = False
+    channels_last: str = "auto"
+    method: str = "undefended"
+    penalty: str | None = None
+    norm: str | None = None
+    lam: float | None = None
+    h: float | None = None
+    scheme: str | None = None
+    scale: str | None = None
+    bn_guard: bool | None = None
+    eps: float | None = None
+    steps: int | None = None
+    step_size: float | None = None
+    random_start: bool | None = None
+    m: int | None = None
+
+    # -- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_profile(cls, profile: str, **overrides: Any) -> "TrainConfig":
+        """The profile's recipe with ``overrides`` (any field; ``None`` values are ignored).
+
+        >>> TrainConfig.from_profile('fmnist', method='penalty', penalty='fd', norm='l1', lam=1.0, h=0.1)
+        """
+        prof = get_profile(profile)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {unknown}; allowed: {sorted(names)}")
+        base: dict[str, Any] = {
+            "profile": prof.name, "dataset": prof.dataset, "model": prof.model, "epochs": prof.epochs,
+            "batch_size": prof.batch_size, "lr": prof.lr, "momentum": prof.momentum,
+            "weight_decay": prof.weight_decay, "milestones": tuple(prof.milestones), "lr_gamma": prof.lr_gamma,
+            "eval_batch_size": prof.eval_batch_size, "train_subset": prof.train_subset,
+            "test_subset": prof.test_subset, "augment": prof.dataset in ("cifar10", "imagenet"),
+            "num_workers": prof.num_workers,
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        if "milestones" in base and isinstance(base["milestones"], list):
+            base["milestones"] = tuple(base["milestones"])
+        return cls(**base)
+
+    def __post_init__(self) -> None:
+        from paperlib.data import DATASETS
+        from paperlib.models import model_names
+
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
+        check_choice("profile", self.profile, PROFILES)
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("model", self.model, model_names())
+        _check_int("epochs", self.epochs, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("eval_batch_size", self.eval_batch_size, 1)
+        check_positive("lr", self.lr)
+        check_nonnegative("momentum", self.momentum)
+        check_nonnegative("weight_decay", self.weight_decay)
+        check_positive("lr_gamma", self.lr_gamma)
+        if not isinstance(self.milestones, tuple):
+            if isinstance(self.milestones, list):
+                set_("milestones", tuple(self.milestones))
+            else:
+                raise ConfigError(f"milestones={self.milestones!r} must be a tuple of epochs")
+        for mst in self.milestones:
+            _check_int("milestone", mst, 1)
+        if list(self.milestones) != sorted(set(self.milestones)):
+            raise ConfigError(f"milestones={self.milestones!r} must be strictly increasing")
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        _check_int("num_workers", self.num_workers, 0)
+        _check_int("seed", self.seed, 0)
+        for name in ("augment", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be True or False")
+        check_choice("channels_last", self.channels_last, ("auto", "on", "off"))
+        method = check_choice("method", self.method, METHODS)
+
+        # Method fields: others' must be None; own ones get defaults, then are validated.
+        own = _METHOD_FIELDS[method]
+        for name in sorted({f for fs in _METHOD_FIELDS.values() for f in fs} - set(own)):
+            if getattr(self, name) is not None:
+                users = [m for m, fs in _METHOD_FIELDS.items() if name in fs]
+                raise ConfigError(f"{name}={getattr(self, name)!r} does not apply to method={method!r} "
+                                  f"(only to {' and '.join(map(repr, users))})")
+        for name, default in _DEFAULTS[method].items():
+            if getattr(self, name) is None:
+                set_(name, default)
+        if method == "penalty":
+            set_("norm", penalty_norm(self.norm))
+            check_choice("penalty", self.penalty, PENALTY_METHODS)
+            set_("lam", float(check_nonnegative("lam", self.lam)))
+            check_choice("scale", self.scale, SCALES)
+            if self.penalty == "fd":
+                set_("h", float(check_positive("h", self.h)))
+                check_choice("scheme", self.scheme, FD_SCHEMES)
+            else:
+                if self.h != _DEFAULTS["penalty"]["h"] or self.scheme != "forward":
+                    raise ConfigError("h and scheme apply to the finite-difference penalty only (penalty='fd'); "
+                                      f"got penalty='dbp' with h={self.h!r}, scheme={self.scheme!r}")
+                set_("h", None)
+                set_("scheme", None)
+        elif method in ("pgd-at", "free-at"):
+            try:
+                set_("norm", normalize_norm(self.norm))
+            except ConfigError:
+                raise ConfigError(f"norm={self.norm!r} is not allowed for {method}; choose 'linf' (the paper) "
+                                  "or 'l2'") from None
+            set_("eps", float(check_positive("eps", self.eps)))
+        if method == "pgd-at":
+            _check_int("steps", self.steps, 1)
+            if self.step_size is None:
+                set_("step_size", self.eps / 4)
+            set_("step_size", float(check_positive("step_size", self.step_size)))
+        if method == "free-at":
+            _check_int("m", self.m, 1)
+        for name in ("bn_guard", "random_start"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"{name}={value!r} must be True or False")
+
+    # -- derived ----------------------------------------------------------------------------------
+
+    @property
+    def replays(self) -> int:
+        """Optimizer steps per minibatch (free AT: m; otherwise 1)."""
+        return self.m if self.method == "free-at" else 1
+
+
+def train_epochs(cfg: TrainConfig) -> int:
+    """Epochs actually run: ``epochs``, or ``ceil(epochs / m)`` for free AT (same total work)."""
+    return max(1, math.ceil(cfg.epochs / cfg.replays))
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of (0-based) ``epoch``: ``lr * lr_gamma ** #(milestones <= epoch)``.
+
+    For free AT the milestones are divided by ``m`` (rounded) like the epochs.
+    """
+    r = cfg.replays
+    milestones = [max(1, round(mst / r)) for mst in cfg.milestones]
+    return cfg.lr * cfg.lr_gamma ** sum(epoch >= mst for mst in milestones)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _eps_name(eps: float) -> str:
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6:
+        return f"{round(k)}_255"
+    return _fmt(eps)
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """A readable, unique-per-profile directory name, e.g. ``fd-l1-lam1-h0.1``, ``dbp-l2-lam0.1``,
+    ``pgd7-linf-eps8_255``, ``free-m8-linf-eps8_255``, ``undefended``.
+
+    Non-default method options add suffixes (``-central``, ``-alg1``, ``-bnguard``, ``-nostart``, ...);
+    a non-zero seed adds ``-seed<k>``; any recipe field changed from the profile adds ``-r<hash>``.
+    """
+    parts: list[str]
+    if cfg.method == "undefended":
+        parts = ["undefended"]
+    elif cfg.method == "penalty":
+        parts = [cfg.penalty, cfg.norm, f"lam{_fmt(cfg.lam)}"]
+        if cfg.penalty == "fd":
+            parts.append(f"h{_fmt(cfg.h)}")
+            if cfg.scheme != "forward":
+                parts.append(cfg.scheme)
+        if cfg.scale != "eq8":
+            parts.append({"algorithm1": "alg1", "eq8-literal": "eq8lit"}[cfg.scale])
+    elif cfg.method == "pgd-at":
+        parts = [f"pgd{cfg.steps}", cfg.norm, f"eps{_eps_name(cfg.eps)}"]
+        if abs(cfg.step_size - cfg.eps / 4) > 1e-12:
+            parts.append(f"step{_eps_name(cfg.step_size)}")
+        if not cfg.random_start:
+            parts.append("nostart")
+    else:
+        parts = [f"free-m{cfg.m}", cfg.norm, f"eps{_eps_name(cfg.eps)}"]
+    if cfg.bn_guard:
+        parts.append("bnguard")
+    if cfg.seed:
+        parts.append(f"seed{cfg.seed}")
+    recipe = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+              if f.name not in set().union(*_METHOD_FIELDS.values()) | {"method", "seed", "profile"}}
+    default = dataclasses.asdict(TrainConfig.from_profile(cfg.profile))
+    changed = {k: v for k, v in recipe.items() if default.get(k) != v}
+    if changed:
+        parts.append("r" + config_hash(changed, length=6))
+    return "-".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, *, batch_size: int = 500, device: torch.device | str = "cpu",
+             num_workers: int = 0, channels_last: bool = False) -> dict[str, float]:
+    """Clean loss and top-1 error of ``model`` (eval mode) on ``dataset``: ``{'loss', 'error_pct', 'n'}``."""
+    from paperlib.data import make_loader
+
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    wrong = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
+    for x, y in make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x).float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        wrong += (logits.argmax(1) != y).sum()
+        n += y.numel()
+    model.train(was_training)
+    return {"loss": float(loss_sum) / max(n, 1), "error_pct": 100.0 * float(wrong) / max(n, 1), "n": n}
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+def _step_seed(cfg: TrainConfig, epoch: int, step: int, rank: int) -> int:
+    return (cfg.seed * 1_000_003 + epoch * 10_007 + step) * 64 + rank
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _build(cfg: TrainConfig) -> nn.Module:
+    from paperlib.data import dataset_info
+    from paperlib.models import build_model
+
+    info = dataset_info(cfg.dataset)
+    kwargs: dict[str, Any] = {}
+    if cfg.model == "linear":
+        kwargs["in_shape"] = tuple(info.shape)
+    return build_model(cfg.model, num_classes=info.num_classes, **kwargs)
+
+
+def _resolve_run(cfg: TrainConfig, store_or_run):
+    from paperlib.runs import Run, RunStore
+
+    if isinstance(store_or_run, Run):
+        return store_or_run
+    if isinstance(store_or_run, RunStore):
+        return store_or_run.run(cfg.profile, run_name(cfg), cfg)
+    if isinstance(store_or_run, (str, os.PathLike)) or store_or_run is None:
+        return RunStore(store_or_run).run(cfg.profile, run_name(cfg), cfg)
+    raise TypeError(f"expected a RunStore, a Run or a runs directory, got {type(store_or_run).__name__}")
+
+
+def train(cfg: TrainConfig, store_or_run=None, *, resume: bool = True, progress: bool = True,
+          force: bool = False, device: str | torch.device | None = None):
+    """Train ``cfg`` into the run store and return its finished :class:`~paperlib.runs.Run`.
+
+    Args:
+        cfg: the :class:`TrainConfig`.
+        store_or_run: a :class:`~paperlib.runs.RunStore`, a runs directory (``runs/`` by default), or a
+            :class:`~paperlib.runs.Run` to write into.
+        resume: continue a partial run from its last checkpoint (otherwise start it from epoch 0).
+        progress: show a tqdm bar (rank 0 only).
+        force: retrain even if a finished run exists, and move a stale run (another config) aside.
+        device: ``'cpu'``/``'cuda'``/...; default CUDA (``LOCAL_RANK``) if available.
+
+    A finished run with the same config is returned as is. Under torchrun every rank calls this; only rank
+    0 writes. Raises :class:`TrainingDivergedError` on a non-finite loss (epoch and step named; the last
+    checkpoint is kept) and :class:`~paperlib.runs.StaleRunError` if the directory holds another config.
+    """
+    from paperlib.runs import StaleRunError, load_or_run
+
+    env = init_distributed(device)
+    run = _resolve_run(cfg, store_or_run)
+    status = run.status
+    barrier(env)
+    if status == "finished" and not force:
+        return run
+    if status == "stale" and not force:
+        stored = run.stored_config() or {}
+        raise StaleRunError(run._stale_message(stored))
+    if cfg.batch_size % env.world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} (global) must be divisible by the number of processes "
+                          f"{env.world_size}")
+
+    def work(r) -> dict[str, Any]:
+        return _train_loop(cfg, r, env, resume=resume, progress=progress)
+
+    if env.is_main:
+        return load_or_run(run, work, force=force)
+    work(run)
+    return run
+
+
+def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: bool) -> dict[str, Any]:
+    from paperlib.data import load_dataset, make_loader, subset
+
+    barrier(env)  # rank 0 has written config.json (or moved a stale run aside)
+    device = env.device
+    use_amp = cfg.amp and device.type == "cuda"
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and use_amp)
+
+    torch.manual_seed(cfg.seed)
+    model = _build(cfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    method = build_method(cfg)
+
+    train_ds = subset(load_dataset(cfg.dataset, "train", augment=cfg.augment), cfg.train_subset, seed=0)
+    test_ds = subset(load_dataset(cfg.dataset, "test"), cfg.test_subset, seed=0)
+
+    start_epoch, rows, train_seconds = 0, [], 0.0
+    ckpt = run.load_checkpoint() if resume else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        method.load_state_dict(ckpt.get("method", {}))
+        start_epoch = int(ckpt["epoch"])
+        rows = list(ckpt["log"])
+        train_seconds = float(ckpt["train_seconds"])
+        if env.is_main:
+            run.log(f"resuming from the checkpoint of epoch {start_epoch}")
+    ddp_model = wrap_model(model, env)
+    n_epochs = train_epochs(cfg)
+    per_rank_batch = cfg.batch_size // env.world_size
+
+    for epoch in range(start_epoch, n_epochs):
+        lr = learning_rate(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(_step_seed(cfg, epoch, 0, env.rank) + 1)  # augmentation draws (in-process)
+        loader = make_loader(train_ds, per_rank_batch, shuffle=True, seed=cfg.seed, epoch=epoch, rank=env.rank,
+                             world_size=env.world_size, drop_last=True, num_workers=cfg.num_workers)
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        steps = 0
+        bar = None
+        if progress and env.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(loader), desc=f"{run.name} epoch {epoch + 1}/{n_epochs}", leave=False,
+                       dynamic_ncols=True)
+        _sync(device)
+        t0 = time.perf_counter()
+        for step, (x, y) in enumerate(loader):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            gen = torch.Generator(device=device).manual_seed(_step_seed(cfg, epoch, step, env.rank))
+
+            def check_loss(loss: torch.Tensor, _epoch=epoch, _step=step) -> None:
+                value = all_reduce_sum(loss.detach().float(), env)
+                if not torch.isfinite(value):
+                    where = f"epoch {_epoch + 1} step {_step + 1} (of {len(loader)})"
+                    last = (f"the checkpoint of epoch {_epoch} in {run.path} is kept" if _epoch > 0 else
+                            "no epoch had finished, so there is no checkpoint")
+                    raise TrainingDivergedError(
+                        f"training loss is {float(loss.detach()):g} (not finite) at {where} of run {run.name}; "
+                        f"{last}. Lower the learning rate or lam, or check the data.")
+
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                stats = method.step(ddp_model, optimizer, x, y, check_loss=check_loss, generator=gen)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, torch.zeros((), device=device, dtype=torch.float64)) + v.double()
+            steps += 1
+            if bar is not None:
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{float(stats['loss']):.3f}")
+        _sync(device)
+        epoch_seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        train_seconds += epoch_seconds
+        means = {k: float(all_reduce_sum(v, env)) / max(steps * env.world_size, 1) for k, v in sums.items()}
+
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "steps": steps * cfg.replays}
+        for k in ("loss", "clean_loss", "penalty", "grad_norm"):
+            row[f"train_{k}"] = means.get(k, float("nan"))
+        row["train_seconds"] = epoch_seconds
+        row["train_seconds_total"] = train_seconds
+        if env.is_main:
+            t1 = time.perf_counter()
+            ev = evaluate(model, test_ds, batch_size=cfg.eval_batch_size, device=device,
+                          num_workers=cfg.num_workers, channels_last=channels_last)
+            row.update(test_loss=ev["loss"], test_error_pct=ev["error_pct"], eval_seconds=time.perf_counter() - t1)
+            rows.append(row)
+            import pandas as pd
+
+            run.write_table("train_log.csv", pd.DataFrame(rows))
+            run.save_checkpoint({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "method": method.state_dict(), "log": rows, "train_seconds": train_seconds,
+                                 "config_hash": run.hash})
+            run.log(f"epoch {epoch + 1}/{n_epochs} lr {lr:g} train loss {row['train_loss']:.4f} "
+                    f"test error {row['test_error_pct']:.2f}% train time {epoch_seconds:.1f}s "
+                    f"(total {train_seconds / 3600:.4f} h) eval {row['eval_seconds']:.1f}s")
+        else:
+            rows.append(row)
+        barrier(env)
+
+    if env.is_main:
+        run.save_weights(model.state_dict())
+    last = rows[-1]
+    return {
+        "clean_error_pct": last.get("test_error_pct"),
+        "test_loss": last.get("test_loss"),
+        "train_loss": last["train_loss"],
+        "train_hours": train_seconds / 3600,
+        "train_seconds": train_seconds,
+        "epochs": n_epochs,
+        "world_size": env.world_size,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "run_name": run.name,
+        "test_images": len(test_ds),
+        "train_images": len(train_ds),
+    }
+
+
+def load_trained(run_or_path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """The trained model of a finished training run, in eval mode, and its :class:`TrainConfig`.
+
+    Args:
+        run_or_path: a :class:`~paperlib.runs.Run` or the path of its directory.
+        device: where to put the model.
+    """
+    from paperlib.runs import Run, RunCorruptError
+
+    path = Path(run_or_path.path if isinstance(run_or_path, Run) else run_or_path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise ConfigError(f"{path} is not a run directory (no config.json)")
+    import json
+
+    try:
+        stored = json.loads(cfg_file.read_text())
+    except ValueError as exc:
+        raise RunCorruptError(f"{cfg_file} is not valid JSON ({exc})") from None
+    if stored.get("type") not in (None, "TrainConfig"):
+        raise ConfigError(f"{path} holds a {stored.get('type')} run, not a training run")
+    cfg = config_from_dict(TrainConfig, stored["config"])
+    run = Run(path, cfg)
+    if run.status != "finished":
+        raise ConfigError(f"training run {path} is {run.status}, not finished; train it first "
+                          f"(paperlib train --profile {cfg.profile} ...)")
+    torch.manual_seed(0)
+    model = _build(cfg)
+    model.load_state_dict(run.load_weights())
+    return model.to(device).eval(), cfg
