@@ -47,6 +47,7 @@ from paperlib.config import (
     check_positive,
     check_probability,
     config_from_dict,
+    config_hash,
     normalize_norm,
 )
 from paperlib.losses import LOSSES, MARGIN_L0, get_loss
@@ -618,6 +619,10 @@ def run_bounds(
     if run is None:
         return _compute_bounds(model, x, y, idx_t, cfg, None, progress)
     from paperlib.runs import load_or_run
+
+    if getattr(run, "hash", None) != config_hash(cfg):
+        raise ConfigError(f"run {getattr(run, 'path', run)} was made for another config than cfg; "
+                          "create it with this config (e.g. model_run.subrun(name, cfg))")
 
     holder: dict[str, BoundsResult] = {}
 

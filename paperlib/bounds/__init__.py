@@ -1,0 +1,55 @@
+"""Bounds and certification (paper section 2, Tables 1, 2, B.3, B.5, B.6; DESIGN.md section 6).
+
+Modules, one concept each:
+
+* :mod:`~paperlib.bounds.statistics` -- per-image loss, correctness and dual gradient norms in one batched pass;
+* :mod:`~paperlib.bounds.sampling` -- exactly uniform, seeded sampling in l2 and linf balls;
+* :mod:`~paperlib.bounds.evt` -- extreme-value (GEV) estimates of a supremum, with a goodness-of-fit fallback;
+* :mod:`~paperlib.bounds.lipschitz` -- Proposition 2.2: L-bound, omega(eps), omega-bound, certified error,
+  regularity statistics; :class:`BoundConfig` and :func:`run_bounds`;
+* :mod:`~paperlib.bounds.smoothing` -- randomized smoothing (Cohen et al. 2019): :class:`Smooth`,
+  :class:`CertifyConfig` and :func:`run_certify`;
+* :mod:`~paperlib.bounds.audit` -- how often a bound exceeds the best adversarial distance the attacks found;
+* :mod:`~paperlib.bounds.cli` -- ``paperlib bound <run>`` and ``paperlib certify <run> --sigma ...``.
+"""
+
+from paperlib.bounds.audit import audit_bounds, audit_model_run, smoothing_lower_bound
+from paperlib.bounds.evt import GEVFit, batch_maxima, estimate_supremum, fit_gev
+from paperlib.bounds.lipschitz import (
+    BoundConfig,
+    BoundsResult,
+    certified_error,
+    eps_grid,
+    estimate_omega,
+    first_order_residuals,
+    l_bound,
+    lipschitz_constant,
+    load_bounds,
+    omega_bound_certified,
+    omega_distance,
+    regularity_statistics,
+    run_bounds,
+)
+from paperlib.bounds.sampling import make_generator, perturb_in_box, sample_uniform_ball, sample_uniform_sphere
+from paperlib.bounds.smoothing import (
+    Certificate,
+    CertifyConfig,
+    CertifyResult,
+    Smooth,
+    load_certify,
+    lower_confidence_bound,
+    run_certify,
+)
+from paperlib.bounds.statistics import ImageStatistics, dual_norm, dual_norm_name, image_statistics, loss_and_gradient
+
+__all__ = [
+    "audit_bounds", "audit_model_run", "smoothing_lower_bound",
+    "GEVFit", "batch_maxima", "estimate_supremum", "fit_gev",
+    "BoundConfig", "BoundsResult", "certified_error", "eps_grid", "estimate_omega", "first_order_residuals",
+    "l_bound", "lipschitz_constant", "load_bounds", "omega_bound_certified", "omega_distance",
+    "regularity_statistics", "run_bounds",
+    "make_generator", "perturb_in_box", "sample_uniform_ball", "sample_uniform_sphere",
+    "Certificate", "CertifyConfig", "CertifyResult", "Smooth", "load_certify", "lower_confidence_bound",
+    "run_certify",
+    "ImageStatistics", "dual_norm", "dual_norm_name", "image_statistics", "loss_and_gradient",
+]

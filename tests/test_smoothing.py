@@ -1,0 +1,220 @@
+"""Randomized smoothing (Cohen et al. 2019): Clopper-Pearson bound, CERTIFY and PREDICT against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from paperlib.bounds.smoothing import (
+    CertifyConfig,
+    Smooth,
+    image_generator,
+    load_certify,
+    lower_confidence_bound,
+    run_certify,
+)
+from paperlib.config import ConfigError
+from paperlib.runs import RunStore, StaleRunError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class LinearBinary(nn.Module):
+    """logits = [0, w.x + b]: class 1 iff w.x + b > 0. Under N(0, sigma^2 I) noise, P(class of x) = Phi(d/sigma)
+    with d = |w.x + b| / ||w||_2 the distance to the decision boundary, so the smoothed classifier's certified
+    radius sigma * Phi^-1(pA) is exactly d."""
+
+    def __init__(self, w: torch.Tensor, b: float) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w.reshape(-1).clone(), requires_grad=False)
+        self.b = b
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        z = x.reshape(x.shape[0], -1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+def point_at_distance(model: LinearBinary, d: float, side: int) -> torch.Tensor:
+    """A [1,4,4] point at signed distance ``side * d`` from the boundary of ``model`` (w.x + b = side*d*||w||)."""
+    w = model.w.detach()
+    x0 = torch.full((16,), 0.5)
+    x = x0 + (side * d * w.norm() - (w @ x0 + model.b)) * w / w.norm() ** 2
+    return x.reshape(1, 4, 4)
+
+
+@pytest.fixture
+def linear() -> LinearBinary:
+    return LinearBinary(torch.randn(16, generator=torch.Generator().manual_seed(0)), b=0.1)
+
+
+@pytest.mark.parametrize("NA, N, alpha", [(0, 10, 0.05), (3, 10, 0.05), (10, 10, 0.001), (881, 1000, 0.001),
+                                          (50_000, 100_000, 0.001), (99_990, 100_000, 0.01)])
+def test_clopper_pearson_lower_bound_agrees_with_scipy_binomtest(NA, N, alpha):
+    """The one-sided (1 - alpha) bound is the lower end of the exact two-sided (1 - 2 alpha) interval."""
+    expected = stats.binomtest(NA, N).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low
+    assert lower_confidence_bound(NA, N, alpha) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_clopper_pearson_covers_the_true_proportion_at_its_level():
+    rng = np.random.default_rng(0)
+    p, n, alpha = 0.8, 200, 0.05
+    lows = [lower_confidence_bound(int(k), n, alpha) for k in rng.binomial(n, p, size=400)]
+    coverage = np.mean(np.array(lows) <= p)
+    assert coverage >= 1 - alpha - 3 * math.sqrt(alpha * (1 - alpha) / 400)
+
+
+def test_certify_radius_on_a_linear_classifier_matches_the_closed_form(linear):
+    sigma, d, n, alpha = 0.25, 0.3, 20_000, 0.001
+    x = point_at_distance(linear, d, side=+1)
+    pA = stats.norm.cdf(d / sigma)  # closed form of the smoothed classifier's top-class probability
+    smooth = Smooth(linear, num_classes=2, sigma=sigma)
+    cert = smooth.certify(x, n0=100, n=n, alpha=alpha, batch_size=4096, generator=torch.Generator().manual_seed(1))
+    assert cert.prediction == 1
+    sd = math.sqrt(n * pA * (1 - pA))
+    assert abs(cert.nA - n * pA) <= 4 * sd  # Monte-Carlo estimate of pA
+    r_lo = sigma * stats.norm.ppf(lower_confidence_bound(int(n * pA - 4 * sd), n, alpha))
+    r_hi = sigma * stats.norm.ppf(lower_confidence_bound(int(n * pA + 4 * sd), n, alpha))
+    assert r_lo <= cert.radius <= r_hi
+    assert r_hi - r_lo < 0.05 and cert.radius < d  # within Monte-Carlo error of d, and below it (1 - alpha)
+    assert cert.radius == pytest.approx(sigma * stats.norm.ppf(cert.pABar))
+
+
+def test_certify_far_from_the_boundary_gives_the_all_correct_closed_form(linear):
+    """When every noisy sample is classified the same, pABar = alpha^(1/n) exactly."""
+    sigma, n, alpha = 0.1, 5000, 0.001
+    x = point_at_distance(linear, 1.5, side=-1)
+    cert = Smooth(linear, 2, sigma).certify(x, 100, n, alpha, 1000)
+    assert cert.prediction == 0 and cert.nA == n
+    assert cert.pABar == pytest.approx(alpha ** (1 / n), rel=1e-10)
+    assert cert.radius == pytest.approx(sigma * stats.norm.ppf(alpha ** (1 / n)), rel=1e-9)
+
+
+def test_certify_and_predict_abstain_on_the_decision_boundary(linear):
+    x = point_at_distance(linear, 0.0, side=1)
+    smooth = Smooth(linear, 2, 0.5)
+    cert = smooth.certify(x, 100, 4000, 0.001, 1000, generator=torch.Generator().manual_seed(3))
+    assert cert.prediction == Smooth.ABSTAIN and cert.radius == 0.0 and cert.pABar < 0.5
+    assert smooth.predict(x, 4000, 0.001, 1000, generator=torch.Generator().manual_seed(4)) == Smooth.ABSTAIN
+    far = point_at_distance(linear, 2.0, side=1)
+    assert smooth.predict(far, 1000, 0.001, 500) == 1
+
+
+def test_certify_is_reproducible_from_its_generator(linear):
+    x = point_at_distance(linear, 0.2, side=1)
+    smooth = Smooth(linear, 2, 0.25)
+    a = smooth.certify(x, 50, 3000, 0.01, 700, generator=image_generator(0, 17))
+    b = smooth.certify(x, 50, 3000, 0.01, 700, generator=image_generator(0, 17))
+    c = smooth.certify(x, 50, 3000, 0.01, 700, generator=image_generator(1, 17))
+    assert a == b and a.nA != c.nA
+
+
+def _data(linear: LinearBinary, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    dist = torch.rand(n, generator=g) * 0.6
+    side = torch.tensor([1 if i % 2 else -1 for i in range(n)])
+    x = torch.stack([point_at_distance(linear, float(d), int(s)) for d, s in zip(dist, side)])
+    y = (side > 0).long()
+    y[0] = 1 - y[0]  # one image the base classifier gets wrong
+    return x, y, torch.arange(100, 100 + n)
+
+
+def test_run_certify_writes_loads_back_resumes_and_does_not_depend_on_the_other_images(linear, tmp_path):
+    x, y, idx = _data(linear, 5)
+    cfg = CertifyConfig(sigma=0.25, n0=20, n=1500, alpha=0.001, batch_size=500, n_images=5, radii=(0.1, 0.3))
+    run = RunStore(tmp_path).run("smoke", "toy", {"model": "linear"}).subrun("certify-sigma0.25", cfg)
+
+    # Interrupted after the second image: each image costs 1 + 3 forward passes.
+    class Interrupt(Exception):
+        pass
+
+    limit = {"calls": 8}
+    forward = linear.forward
+
+    def flaky(inp: torch.Tensor) -> torch.Tensor:
+        if limit["calls"] == 0:
+            raise Interrupt
+        limit["calls"] -= 1
+        return forward(inp)
+
+    linear.forward = flaky  # type: ignore[method-assign]
+    with pytest.raises(Interrupt):
+        run_certify(linear, x, y, idx, cfg, run, num_classes=2, progress=False, checkpoint_every=0.0)
+    assert run.status == "partial" and len(run.load_checkpoint()["rows"]) == 2
+    linear.forward = forward  # type: ignore[method-assign]
+    resumed = run_certify(linear, x, y, idx, cfg, run, num_classes=2, progress=False)
+    assert run.status == "finished"
+
+    fresh = run_certify(linear, x, y, idx, cfg, None, num_classes=2, progress=False)
+    cols = ["image", "label", "prediction", "correct", "radius", "pABar", "nA"]
+    assert resumed.table[cols].equals(fresh.table[cols])
+    loaded = load_certify(run)
+    pd_cols = ["image", "prediction", "correct", "nA"]
+    assert loaded.table[pd_cols].equals(fresh.table[pd_cols])
+    np.testing.assert_allclose(loaded.table["radius"], fresh.table["radius"], rtol=1e-9)
+    assert not fresh.table["correct"].iloc[0]  # the misclassified image is an error at every radius
+    assert loaded.metrics["certified_error@0.1"] == fresh.metrics["certified_error@0.1"]
+
+    # A finished run is loaded, not recomputed.
+    calls = linear.calls
+    again = run_certify(linear, x, y, idx, cfg, run, num_classes=2, progress=False)
+    assert linear.calls == calls and again.table["nA"].tolist() == fresh.table["nA"].tolist()
+
+    # Image 3 certified alone gets the same certificate as inside the set (noise seeded by its index).
+    alone = run_certify(linear, x[3:4], y[3:4], idx[3:4], CertifyConfig(**{**cfg.__dict__, "n_images": 1}),
+                        num_classes=2, progress=False)
+    assert alone.table[cols].iloc[0].tolist() == fresh.table[cols].iloc[3].tolist()
+
+    # Other settings in the same directory: a stale run, never silently loaded.
+    cfg2 = CertifyConfig(**{**cfg.__dict__, "n": 1600})
+    with pytest.raises(StaleRunError, match="n: 1500 -> 1600"):
+        stale = RunStore(tmp_path).run("smoke", "toy", {"model": "linear"}).subrun("certify-sigma0.25", cfg2)
+        run_certify(linear, x, y, idx, cfg2, stale, num_classes=2)
+    with pytest.raises(ConfigError, match="another config"):
+        run_certify(linear, x, y, idx, cfg2, run, num_classes=2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sigma": 0.0}, "sigma"),
+        ({"sigma": -0.25}, "sigma"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"n0": 200, "n": 100}, "n0=200 must not exceed n=100"),
+        ({"n": 0}, "n=0"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"radii": (0.5, -1.0)}, "radius"),
+    ],
+)
+def test_bad_certify_config_is_a_clear_config_error(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        CertifyConfig(**kwargs)
+
+
+def test_bad_smoothing_arguments_are_config_errors(linear):
+    with pytest.raises(ConfigError, match="sigma"):
+        Smooth(linear, 2, 0.0)
+    smooth = Smooth(linear, 2, 0.25)
+    x = point_at_distance(linear, 0.1, 1)
+    with pytest.raises(ConfigError, match="n0"):
+        smooth.certify(x, 500, 100, 0.001, 100)
+    with pytest.raises(ConfigError, match="alpha"):
+        smooth.certify(x, 10, 100, 1.2, 100)
+    with pytest.raises(ConfigError, match="alpha"):
+        smooth.predict(x, 100, 0.0, 100)
+    with pytest.raises(ConfigError, match="NA"):
+        lower_confidence_bound(11, 10, 0.01)
