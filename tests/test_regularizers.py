@@ -260,3 +260,33 @@ def test_drop_in_usage_and_lam_zero_is_standard_training():
     assert float(out.loss) > float(out.clean_loss) and float(out.grad_norm) > 0
     zero = GradientPenalty(norm="l2", lam=0.0)(model, x, y)
     assert torch.equal(zero.loss, nn.functional.cross_entropy(model(x), y))
+
+
+def grouped_strided_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(8 * 2 * 2, 16), nn.ReLU(), nn.Linear(16, 5)).double()
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_reusing_the_input_pass_gives_exactly_the_fd_gradients_on_a_batchnorm_free_net(norm):
+    model = grouped_strided_cnn()
+    x, y = batch(6)
+    results = []
+    for reuse in (False, True):
+        model.zero_grad()
+        out = GradientPenalty(norm=norm, lam=3.0, h=0.05, reuse_input_pass=reuse)(model, x, y)
+        out.loss.backward()
+        results.append((out, torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (plain, g_plain), (reuse, g_reuse) = results
+    for field in ("loss", "clean_loss", "penalty", "grad_norm"):
+        assert torch.allclose(getattr(plain, field).detach(), getattr(reuse, field).detach(), rtol=1e-12), field
+    assert rel_err(g_reuse, g_plain) < 1e-12
+
+
+def test_reusing_the_input_pass_refuses_batchnorm_in_train_mode():
+    with pytest.raises(ConfigError, match="BatchNorm"):
+        GradientPenalty(lam=1.0, reuse_input_pass=True)(small_cnn(bn=True), *batch(4))
+    with pytest.raises(ConfigError, match="forward finite differences"):
+        GradientPenalty(method="dbp", reuse_input_pass=True)

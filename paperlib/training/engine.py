@@ -156,7 +156,8 @@ class TrainConfig:
 
     @classmethod
     def from_profile(cls, profile: str, **overrides: Any) -> "TrainConfig":
-        """The profile's recipe with ``overrides`` (any field; ``None`` values are ignored).
+        """The profile's recipe with ``overrides`` (any field, taken literally: ``train_subset=None`` means all
+        images; a method field left ``None`` gets the method's default).
 
         >>> TrainConfig.from_profile('fmnist', method='penalty', penalty='fd', norm='l1', lam=1.0, h=0.1)
         """
@@ -173,7 +174,7 @@ class TrainConfig:
             "test_subset": prof.test_subset, "augment": prof.dataset in ("cifar10", "imagenet"),
             "num_workers": prof.num_workers,
         }
-        base.update({k: v for k, v in overrides.items() if v is not None})
+        base.update(overrides)
         if "milestones" in base and isinstance(base["milestones"], list):
             base["milestones"] = tuple(base["milestones"])
         return cls(**base)

@@ -172,6 +172,10 @@ class TrainingMethod(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def _trainable(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 class _Stateless:
     replays = 1
 
@@ -212,7 +216,9 @@ class Regularized(_Stateless):
         optimizer.zero_grad(set_to_none=True)
         out = self.penalty(model, x, y)
         check_loss(out.loss)
-        out.loss.backward()
+        # Gradients for the parameters only: the penalty's internal input leaf needs none (saves the first
+        # layer's input-gradient in the final backward).
+        torch.autograd.backward(out.loss, inputs=_trainable(model))
         optimizer.step()
         return {"loss": out.loss.detach(), "clean_loss": out.clean_loss, "penalty": out.penalty,
                 "grad_norm": out.grad_norm}
