@@ -22,7 +22,7 @@ from paperlib.config import check_positive
 from paperlib.losses import cross_entropy
 
 __all__ = ["smooth_mlp", "fd_error_vs_h", "hessian_norm", "quadratic_cost_check", "saved_tensor_bytes",
-           "penalty_step_cost"]
+           "penalty_step_cost", "quick_train"]
 
 
 def smooth_mlp(in_shape: tuple[int, ...] = (1, 28, 28), hidden: int = 128, num_classes: int = 10,
@@ -194,3 +194,18 @@ def penalty_step_cost(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, nor
     df["time_vs_standard"] = df["seconds"] / df.loc["standard", "seconds"]
     df["memory_vs_standard"] = df["graph_MB"] / df.loc["standard", "graph_MB"]
     return df
+
+
+def quick_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 300, batch_size: int = 128,
+                lr: float = 0.05, seed: int = 0) -> nn.Module:
+    """A few hundred seeded SGD steps on ``(x, y)``: a briefly trained model for the theory chapters, whose
+    gradients look like a trained network's rather than an initialization's. Returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (batch_size,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        cross_entropy(model(x[idx]), y[idx]).mean().backward()
+        opt.step()
+    return model.eval()

@@ -5,6 +5,7 @@ from torch import nn
 from paperlib.config import ConfigError
 from paperlib.models import Normalize, build_model, count_parameters, model_names
 from paperlib.models.resnext import BranchBlock, ChannelBias
+from tests.conftest import requires_fmnist
 
 
 def test_registry_lists_the_profiles_models():
@@ -66,3 +67,18 @@ def test_linear_model_is_affine():
     x, y = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
     f = lambda t: model(t) - model(torch.zeros_like(t))  # noqa: E731
     assert torch.allclose(f(x + y), f(x) + f(y), atol=1e-6)
+
+
+@requires_fmnist
+def test_fmnist_cnn_is_differentiable_at_real_images():
+    """No max-pool ties on the constant background: the directional derivative along the normalized gradient
+    equals the gradient norm (finite differences at tiny h in float64 agree with autograd)."""
+    from paperlib.data import load_dataset, sample_images
+    from paperlib.theory import fd_error_vs_h, quick_train
+
+    torch.manual_seed(0)
+    tx, ty = load_dataset("fashion-mnist", "train").tensors()
+    x, y, _ = sample_images(load_dataset("fashion-mnist", "test"), 32, seed=0)
+    model = quick_train(build_model("fmnist-cnn"), tx[:5000], ty[:5000], steps=50)
+    err = fd_error_vs_h(model, x, y, [1e-7], dtypes=(torch.float64,))
+    assert err["median_rel_error"].item() < 1e-4
