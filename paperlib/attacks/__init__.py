@@ -1,0 +1,34 @@
+"""The attack suite (paper section 4; DESIGN.md section 5).
+
+Attacks follow foolbox 3's contract (:mod:`.base`): keyword-only constructors with literature defaults,
+called as ``attack(model, x, y, seed=...)`` (minimal distance) or ``attack(model, x, y, eps=..., seed=...)``
+(fixed eps), returning an :class:`AttackResult` with adversarials in [0, 1], per-image success and the l2 and
+linf distances of what was found.
+
+* :mod:`.pgd` -- PGD (Madry et al.) in l2 and linf: :class:`PGD` (fixed eps), :class:`MinimalPGD` (eps search)
+* :mod:`.cw` -- :class:`CarliniWagnerL2` with the binary search over c
+* :mod:`.boundary` -- :class:`BoundaryAttack` (decision-based, gradient-free)
+* :mod:`.logbarrier` -- :class:`LogBarrierAttack` in l2 and linf (Finlay et al. 2019)
+* :mod:`.suite` -- :class:`AttackConfig`, :func:`run_attack_suite`, per-image best distances, error curves
+* :mod:`.checks` -- the automatic evaluation checks reported with the results
+"""
+
+from paperlib.attacks.base import (
+    Attack,
+    AttackResult,
+    FixedEpsilonAttack,
+    ImageNoise,
+    MinimizationAttack,
+    image_keys,
+)
+from paperlib.attacks.boundary import BoundaryAttack
+from paperlib.attacks.cw import CarliniWagnerL2
+from paperlib.attacks.logbarrier import LogBarrierAttack
+from paperlib.attacks.norms import L2, Linf, Norm, get_norm
+from paperlib.attacks.pgd import PGD, L2PGD, LinfPGD, MinimalPGD
+
+__all__ = [
+    "Attack", "AttackResult", "FixedEpsilonAttack", "MinimizationAttack", "ImageNoise", "image_keys",
+    "PGD", "L2PGD", "LinfPGD", "MinimalPGD", "CarliniWagnerL2", "BoundaryAttack", "LogBarrierAttack",
+    "Norm", "L2", "Linf", "get_norm",
+]

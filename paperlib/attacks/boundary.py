@@ -1,0 +1,204 @@
+"""The Boundary attack (Brendel et al. 2018): decision-based, batched over images.
+
+It uses only the model's decisions (argmax), never gradients, which makes it the suite's check against
+gradient masking. Algorithm (foolbox 3's ``BoundaryAttack``, batched and per-image seeded):
+
+1. Starting point (:func:`blended_uniform_noise_start`): draw uniform noise images until one is misclassified
+   (up to ``init_directions`` draws), then a line search over the blend ``(1 - a) x + a noise`` for the
+   smallest adversarial ``a`` (``init_steps`` grid points, refined by bisection).
+2. Each step, per image: an orthogonal step on the sphere around the original (a Gaussian direction made
+   orthogonal to the source direction, of relative size ``spherical_step``; as in foolbox 3 the Gaussian draw
+   of a step is shared by the images of the batch: it depends only on the seed and the step number), then a step of relative size
+   ``source_step`` toward the original; the candidate replaces the current adversarial if it is still
+   adversarial and closer.
+3. Step adaptation: every ``update_stats_every_k`` steps the spherical candidate is also tested; over the last
+   100 such tests, a success rate above 0.5 (below 0.2) multiplies (divides) both step sizes by
+   ``step_adaptation``; over the last 30 candidates, a success rate above 0.25 (below 0.1) scales the source
+   step alone.
+4. An image has converged when its source step falls below ``source_step_convergence``; it is then frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from paperlib.attacks.base import ImageNoise, MinimizationAttack
+from paperlib.config import check_positive
+
+__all__ = ["BoundaryAttack", "blended_uniform_noise_start"]
+
+
+def _kd(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *[1] * (like.dim() - 1))
+
+
+def _shared_normal(seed: int, salt: int, step: int, d: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The step's Gaussian direction ``[1, d]``: shared by every image (as in foolbox 3), a function of
+    ``(seed, step)`` only, so it is the same whatever batch an image is in (and costs one draw per step)."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + salt * 7_919 + step) % (2**63 - 1))
+    return torch.randn(1, d, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def _is_adv(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x).argmax(dim=1) != y
+
+
+def blended_uniform_noise_start(model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor, *,
+                                directions: int = 1000, steps: int = 50, refine_steps: int = 10,
+                                stream: int = 1 << 24) -> tuple[Tensor, Tensor]:
+    """A misclassified starting point per image: uniform noise blended toward the image by line search.
+
+    Args:
+        model: returns logits (eval mode); ``x``: ``[R, ...]`` correctly classified images; ``y``: labels.
+        noise, rows: the per-image random numbers and these images' rows in it.
+        directions: maximum number of uniform-noise draws per image (1000, foolbox).
+        steps: grid points of the linear search over the blend factor in [0, 1] (50, foolbox's Boundary
+            default for its starting point).
+        refine_steps: bisection steps between the last non-adversarial and first adversarial grid point.
+        stream: first random stream number used.
+
+    Returns:
+        ``(start [R, ...], found bool [R])``; where ``found`` is False the image is returned unchanged.
+    """
+    n = len(x)
+    shape = tuple(x.shape[1:])
+    rand = x.clone()
+    found = torch.zeros(n, dtype=torch.bool, device=x.device)
+    todo = torch.arange(n, device=x.device)
+    for k in range(directions):
+        cand = noise.uniform(stream + k, shape, x.dtype, rows=rows[todo])
+        ok = _is_adv(model, cand, y[todo])
+        rand[todo[ok]] = cand[ok]
+        found[todo[ok]] = True
+        todo = todo[~ok]
+        if todo.numel() == 0:
+            break
+    idx = found.nonzero().flatten()
+    start = x.clone()
+    if idx.numel() == 0:
+        return start, found
+    xs, rs, ys = x[idx], rand[idx], y[idx]
+    hi = torch.ones(len(idx), dtype=x.dtype, device=x.device)
+    lo = torch.zeros(len(idx), dtype=x.dtype, device=x.device)
+    # linear search: the first grid blend that is adversarial (the pure noise, a = 1, is)
+    for a in torch.linspace(0, 1, steps + 1, dtype=x.dtype)[1:-1].tolist():
+        open_ = hi > a
+        if not bool(open_.any()):
+            break
+        sel = open_.nonzero().flatten()
+        blend = (1 - a) * xs[sel] + a * rs[sel]
+        ok = _is_adv(model, blend, ys[sel])
+        hi[sel[ok]] = a
+        lo[sel[~ok]] = a
+    for _ in range(refine_steps):
+        mid = (lo + hi) / 2
+        ok = _is_adv(model, (1 - _kd(mid, xs)) * xs + _kd(mid, xs) * rs, ys)
+        hi = torch.where(ok, mid, hi)
+        lo = torch.where(ok, lo, mid)
+    start[idx] = ((1 - _kd(hi, xs)) * xs + _kd(hi, xs) * rs).clamp(0, 1)
+    # guard: keep only verified adversarial starting points
+    ok = _is_adv(model, start[idx], ys)
+    start[idx[~ok]] = rand[idx[~ok]]
+    return start, found
+
+
+class BoundaryAttack(MinimizationAttack):
+    """The Boundary attack (Brendel et al. 2018; foolbox 3 defaults), a decision-based l2 attack.
+
+    Args:
+        steps: maximum number of steps (25000, foolbox 3).
+        spherical_step: initial relative size of the orthogonal step (1e-2).
+        source_step: initial relative size of the step toward the original (1e-2).
+        source_step_convergence: an image has converged when its source step falls below this (1e-7).
+        step_adaptation: factor by which step sizes are adapted (1.5).
+        update_stats_every_k: test the spherical candidate and adapt the steps every k steps (10).
+        init_directions, init_steps: the blended-uniform-noise starting point (1000 draws, 50 blends).
+    """
+
+    name = "boundary"
+    norm = "l2"
+    _salt = 0xB0D
+
+    def __init__(self, *, steps: int = 25000, spherical_step: float = 1e-2, source_step: float = 1e-2,
+                 source_step_convergence: float = 1e-7, step_adaptation: float = 1.5,
+                 update_stats_every_k: int = 10, init_directions: int = 1000, init_steps: int = 50) -> None:
+        self.steps = int(check_positive("steps", steps))
+        self.spherical_step = float(check_positive("spherical_step", spherical_step))
+        self.source_step = float(check_positive("source_step", source_step))
+        self.source_step_convergence = float(check_positive("source_step_convergence", source_step_convergence))
+        self.step_adaptation = float(check_positive("step_adaptation", step_adaptation))
+        self.update_stats_every_k = int(check_positive("update_stats_every_k", update_stats_every_k))
+        self.init_directions = int(check_positive("init_directions", init_directions))
+        self.init_steps = int(check_positive("init_steps", init_steps))
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
+                **_: object) -> tuple[Tensor, Optional[Tensor]]:
+        n, dev, dt = len(x), x.device, x.dtype
+        best, found = blended_uniform_noise_start(model, x, y, noise, rows, directions=self.init_directions,
+                                                  steps=self.init_steps)
+        orig = x.flatten(1)
+        best = best.flatten(1)
+        d = orig.shape[1]
+        spherical = torch.full((n,), self.spherical_step, dtype=dt, device=dev)
+        source = torch.full((n,), self.source_step, dtype=dt, device=dev)
+        # success histories: ring buffers per image (count of entries, and the entries)
+        sph_hist = torch.zeros(n, 100, dtype=torch.bool, device=dev)
+        sph_count = torch.zeros(n, dtype=torch.int64, device=dev)
+        step_hist = torch.zeros(n, 30, dtype=torch.bool, device=dev)
+        step_count = torch.zeros(n, dtype=torch.int64, device=dev)
+        active = found.nonzero().flatten()
+        k = self.update_stats_every_k
+        a = self.step_adaptation
+        for step in range(1, self.steps + 1):
+            if active.numel() == 0:
+                break
+            o, p = orig[active], best[active]
+            unnorm = o - p
+            src_norm = unnorm.norm(dim=1)
+            src_dir = unnorm / src_norm.clamp_min(1e-30)[:, None]
+            eta = _shared_normal(noise.seed, self._salt, step, d, dt, dev).expand(len(active), d)
+            eta = eta - (eta * src_dir).sum(1, keepdim=True) * src_dir
+            eta = eta * (spherical[active] * src_norm / eta.norm(dim=1).clamp_min(1e-30))[:, None]
+            dist = (spherical[active] ** 2 + 1).sqrt()[:, None]
+            sph_cand = (o + (eta - unnorm) / dist).clamp(0, 1)
+            new_src = o - sph_cand
+            new_norm = new_src.norm(dim=1)
+            length = source[active] * src_norm + new_norm - src_norm
+            length = length.clamp_min(0) / new_norm.clamp_min(1e-30)
+            cand = (sph_cand + length[:, None] * new_src).clamp(0, 1)
+            check = step % k == 0
+            if check:
+                both = _is_adv(model, torch.cat([cand, sph_cand]).view(-1, *x.shape[1:]), y[active].repeat(2))
+                is_adv, sph_adv = both[: len(active)], both[len(active):]
+                slot = sph_count[active] % 100
+                sph_hist[active, slot] = sph_adv
+                sph_count[active] += 1
+                slot = step_count[active] % 30
+                step_hist[active, slot] = is_adv
+                step_count[active] += 1
+            else:
+                is_adv = _is_adv(model, cand.view(-1, *x.shape[1:]), y[active])
+            closer = (o - cand).norm(dim=1) < src_norm
+            better = is_adv & closer
+            best[active[better]] = cand[better]
+            if check:
+                sph, src = spherical[active], source[active]
+                full = sph_count[active] >= 100
+                prob = sph_hist[active].to(dt).mean(1)
+                up, down = full & (prob > 0.5), full & (prob < 0.2)
+                factor = torch.where(up, a, torch.where(down, 1 / a, 1.0)).to(dt)
+                sph, src = sph * factor, src * factor
+                sph_count[active[up | down]] = 0
+                full = step_count[active] >= 30
+                prob = step_hist[active].to(dt).mean(1)
+                up, down = full & (prob > 0.25), full & (prob < 0.1)
+                src = src * torch.where(up, a, torch.where(down, 1 / a, 1.0)).to(dt)
+                step_count[active[up | down]] = 0
+                spherical[active], source[active] = sph, src
+                active = active[source[active] >= self.source_step_convergence]
+        return best.view_as(x), None

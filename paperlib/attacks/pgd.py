@@ -1,0 +1,222 @@
+"""Projected gradient descent (Madry et al. 2017) in l2 and linf, fixed-eps and minimal-distance forms.
+
+PGD ascends the cross-entropy loss from a random start inside the eps-ball, projecting every iterate onto
+the ball and onto [0, 1]: sign steps in linf, normalized-gradient steps in l2 (the norm strategy of
+:mod:`paperlib.attacks.norms`). An image stops as soon as an iterate is misclassified (the first adversarial
+found is kept), which is decided per image, so batching never changes a result.
+
+:class:`MinimalPGD` turns it into a minimal-distance attack (DESIGN.md section 5): grow eps by ``growth``
+(1.5x) until PGD succeeds, then bisect the bracket ``search_steps`` times (about 20), running ``steps``
+iterations (about 40) per eps; the returned adversarial is the one found at the smallest successful eps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from paperlib.attacks.base import FixedEpsilonAttack, ImageNoise, MinimizationAttack
+from paperlib.attacks.norms import Norm, get_norm
+from paperlib.config import ConfigError, check_choice, check_nonnegative, check_positive, normalize_norm
+
+__all__ = ["PGD", "LinfPGD", "L2PGD", "MinimalPGD", "pgd_in_ball", "margin_loss"]
+
+
+def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Summed Carlini-Wagner margin ``max_{i != y} Z_i - Z_y`` of logits ``[B, K]`` (positive = misclassified)."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
+    return (other - z_y).sum()
+
+
+def _ce(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
+_LOSSES = {"ce": _ce, "margin": margin_loss}
+
+
+def pgd_in_ball(model: nn.Module, x0: Tensor, y: Tensor, eps: Tensor, norm: Norm, *, steps: int,
+                rel_stepsize: float, random_start: bool, noise: ImageNoise, rows: Tensor,
+                stream: Union[int, Tensor], loss_name: str = "ce") -> tuple[Tensor, Tensor]:
+    """Run PGD on a batch with per-image radius ``eps`` ``[R]``; stop each image at its first adversarial.
+
+    Args:
+        model: returns logits, in eval mode.
+        x0: ``[R, C, H, W]`` originals in [0, 1]; ``y``: ``[R]`` labels.
+        eps: per-image radius in input units.
+        norm: the threat model.
+        steps: gradient steps; ``rel_stepsize``: step size as a fraction of eps.
+        random_start: start uniformly in the ball (else at x0).
+        noise, rows, stream: the seeded per-image random numbers, which rows of ``noise`` these images are,
+            and the stream numbers to use (``stream`` and ``stream + 1``).
+
+    Returns:
+        ``(x_adv [R, ...], success bool [R])``: the first adversarial found (else the last iterate), inside the
+        ball and [0, 1].
+    """
+    eps = eps.to(x0.dtype)
+    shape = tuple(x0.shape[1:])
+    if random_start:
+        gauss = noise.normal(stream, shape, x0.dtype, rows=rows)
+        unif = noise.uniform(stream + 1, shape, x0.dtype, rows=rows)
+        x_adv = (x0 + norm.random_perturb(gauss, unif, eps)).clamp(0.0, 1.0)
+    else:
+        x_adv = x0.clone()
+    step_size = eps * rel_stepsize
+    success = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
+    active = torch.arange(len(x0), device=x0.device)
+    for it in range(steps + 1):
+        xa = x_adv[active].detach().requires_grad_(True)
+        logits = model(xa)
+        hit = logits.argmax(dim=1) != y[active]
+        success[active[hit]] = True
+        if it == steps:
+            break
+        loss = _LOSSES[loss_name](logits, y[active])
+        (grad,) = torch.autograd.grad(loss, xa)
+        with torch.no_grad():
+            keep = ~hit
+            a = active[keep]
+            x_new = xa[keep] + norm.step(grad[keep], step_size[a])
+            delta = norm.project(x_new - x0[a], eps[a])
+            x_adv[a] = (x0[a] + delta).clamp(0.0, 1.0)
+        active = a
+        if active.numel() == 0:
+            break
+    return x_adv.detach(), success
+
+
+class PGD(FixedEpsilonAttack):
+    """PGD inside the eps-ball (Madry et al. 2017): cross-entropy ascent, random start, projection.
+
+    Args:
+        norm: 'l2' (normalized-gradient steps) or 'linf' (sign steps), case-insensitive.
+        steps: number of gradient steps (40, Madry et al.'s MNIST setting).
+        rel_stepsize: step size as a fraction of eps; default ``2.5 / steps`` (Madry et al.: the iterates can
+            travel 2.5 eps, enough to reach the boundary of the ball from anywhere in it).
+        random_start: start uniformly at random in the ball (True, as Madry et al.).
+        loss: the loss ascended: 'ce' (cross-entropy, Madry et al.) or 'margin' (``max_{i != y} Z_i - Z_y``
+            on logits, Carlini & Wagner's f6).
+    """
+
+    name = "pgd"
+    _salt = 0x70D
+
+    def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: Optional[float] = None,
+                 random_start: bool = True, loss: str = "ce") -> None:
+        self.norm = normalize_norm(norm)
+        self.loss = check_choice("loss", loss, tuple(_LOSSES))
+        self.steps = int(check_positive("steps", steps))
+        self.rel_stepsize = float(check_positive("rel_stepsize", rel_stepsize if rel_stepsize is not None
+                                                 else 2.5 / self.steps))
+        self.random_start = bool(random_start)
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
+                eps: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        adv, _ = pgd_in_ball(model, x, y, eps, get_norm(self.norm), steps=self.steps,
+                             rel_stepsize=self.rel_stepsize, random_start=self.random_start, noise=noise,
+                             rows=rows, stream=0, loss_name=self.loss)
+        return adv, eps
+
+
+def LinfPGD(**kwargs) -> PGD:
+    """:class:`PGD` in linf (sign steps)."""
+    return PGD(norm="linf", **kwargs)
+
+
+def L2PGD(**kwargs) -> PGD:
+    """:class:`PGD` in l2 (normalized steps)."""
+    return PGD(norm="l2", **kwargs)
+
+
+class MinimalPGD(MinimizationAttack):
+    """Minimal-distance PGD: eps search (grow by ``growth`` until success, then bisect).
+
+    Every PGD run at a trial eps is a fresh PGD with its own random start (seeded per image and trial).
+    ``result.eps`` holds the radius of the ball each adversarial was found in.
+
+    The default loss is the logit margin, not cross-entropy: the search asks "is there an adversarial in
+    this ball?", and the margin is maximized exactly by the most misclassified point. Measured on a
+    10-class-like linear model with low-confidence logits (D = 784, 5 classes), cross-entropy PGD stopped
+    12-21 % above the exact minimal distance, the margin loss within 0.1 % (``tests/test_attacks_exact.py``).
+    The step is ``0.1 eps`` (iterates travel 4 eps in 40 steps): with ``2.5/steps`` the angle to the optimal
+    direction had not converged after 40 steps (1.4 % excess in l2).
+
+    Args:
+        norm: 'l2' or 'linf'.
+        steps: PGD iterations per trial eps (40).
+        rel_stepsize: step size as a fraction of eps (0.1).
+        loss: 'margin' (default) or 'ce'.
+        random_start: random start in the ball (True).
+        init_eps: first trial radius (default 0.1 in l2, 1/255 in linf).
+        growth: factor by which eps grows until PGD succeeds (1.5).
+        search_steps: bisection steps after the bracket is found (20).
+        max_eps: largest radius tried (default: the diameter of [0, 1]^D in the norm: sqrt(D) or 1).
+    """
+
+    name = "pgd"
+    _salt = 0x70D
+
+    def __init__(self, *, norm: str = "l2", steps: int = 40, rel_stepsize: float = 0.1,
+                 random_start: bool = True, loss: str = "margin", init_eps: Optional[float] = None,
+                 growth: float = 1.5, search_steps: int = 20, max_eps: Optional[float] = None) -> None:
+        self.norm = normalize_norm(norm)
+        self.steps = int(check_positive("steps", steps))
+        self.rel_stepsize = float(check_positive("rel_stepsize", rel_stepsize))
+        self.loss = check_choice("loss", loss, tuple(_LOSSES))
+        self.random_start = bool(random_start)
+        self.init_eps = float(check_positive("init_eps", init_eps if init_eps is not None
+                                             else (0.1 if self.norm == "l2" else 1 / 255)))
+        self.growth = float(check_positive("growth", growth))
+        if self.growth <= 1:
+            raise ConfigError(f"growth={growth!r} must be > 1")
+        self.search_steps = int(check_nonnegative("search_steps", search_steps))
+        self.max_eps = None if max_eps is None else float(check_positive("max_eps", max_eps))
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
+                **_: object) -> tuple[Tensor, Optional[Tensor]]:
+        norm = get_norm(self.norm)
+        n = len(x)
+        dev = x.device
+        max_eps = self.max_eps if self.max_eps is not None else (
+            math.sqrt(x[0].numel()) if self.norm == "l2" else 1.0)
+        lo = torch.zeros(n, dtype=torch.float64, device=dev)
+        hi = torch.full((n,), math.inf, dtype=torch.float64, device=dev)
+        best = x.clone()
+        trial = torch.full((n,), min(self.init_eps, max_eps), dtype=torch.float64, device=dev)
+        trials = torch.zeros(n, dtype=torch.int64, device=dev)  # each image's own trial counter
+
+        def run(idx: Tensor, eps: Tensor) -> Tensor:
+            adv, ok = pgd_in_ball(model, x[idx], y[idx], eps, norm, steps=self.steps,
+                                  rel_stepsize=self.rel_stepsize, random_start=self.random_start,
+                                  noise=noise, rows=rows[idx], stream=2 * trials[idx], loss_name=self.loss)
+            trials[idx] += 1
+            best[idx[ok]] = adv[ok]
+            return ok
+
+        # 1. grow eps until success (or max_eps fails)
+        growing = torch.arange(n, device=dev)
+        while growing.numel():
+            eps = trial[growing]
+            ok = run(growing, eps)
+            hi[growing[ok]] = eps[ok]
+            failed = growing[~ok]
+            lo[failed] = trial[failed]
+            at_max = trial[failed] >= max_eps
+            trial[failed] = torch.clamp(trial[failed] * self.growth, max=max_eps)
+            growing = failed[~at_max]
+        # 2. bisect [lo, hi] where an adversarial was found
+        found = torch.isfinite(hi).nonzero().flatten()
+        for _ in range(self.search_steps):
+            if found.numel() == 0:
+                break
+            mid = (lo[found] + hi[found]) / 2
+            ok = run(found, mid)
+            hi[found[ok]] = mid[ok]
+            lo[found[~ok]] = mid[~ok]
+        return best, hi

@@ -1,0 +1,445 @@
+"""The attack suite: every attack on N images, per-image best distances, empirical error (paper section 4).
+
+The paper attacks 1000 random test images with PGD (l2 and linf), Carlini-Wagner L2, the Boundary attack and
+LogBarrier (l2 and linf), and keeps, per image and norm, the smallest distance of a successful adversarial
+over all attacks (:func:`best_distances`). Clean-misclassified images have distance 0; an image that no attack
+broke has distance ``inf``. From those:
+
+* empirical % error at eps = ``100 * #{best <= eps} / #images`` (:func:`empirical_error`; Table 1, Fig. 1);
+* the error-vs-eps curve (:func:`error_curve`); the mean best l2 distance (Table 2).
+
+:func:`run_attack_suite` writes, into a run of the run store (:mod:`paperlib.runs`):
+
+* ``attacks.csv``: one row per image, attack and norm: ``image`` (dataset index), ``label``, ``attack``,
+  ``norm`` (the norm the attack optimized), ``success``, ``dist_l2``, ``dist_linf`` (of what it found, in both
+  norms; ``inf`` where it failed);
+* ``best.csv``: one row per image and norm: ``image``, ``label``, ``norm``, ``best``, ``best_attack``
+  (``'clean'`` for clean-misclassified images, ``'none'`` where nothing succeeded); the best is taken over
+  every adversarial found (an adversarial of an l2 attack is also an upper bound on the linf distance);
+* ``checks.json``: the evaluation checks of :mod:`paperlib.attacks.checks`.
+
+The suite is resumable per batch: after each batch its rows are saved in the run's checkpoint, and an
+interrupted suite continues from the first unfinished batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from paperlib.attacks.base import Attack, AttackResult
+from paperlib.attacks.boundary import BoundaryAttack
+from paperlib.attacks.cw import CarliniWagnerL2
+from paperlib.attacks.logbarrier import LogBarrierAttack
+from paperlib.attacks.norms import get_norm
+from paperlib.attacks.pgd import MinimalPGD
+from paperlib.config import (
+    ConfigError,
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_probability,
+    config_hash,
+    config_to_dict,
+    normalize_norm,
+)
+
+__all__ = [
+    "ATTACKS",
+    "L2_ONLY",
+    "AttackConfig",
+    "SuiteResult",
+    "run_attack_suite",
+    "attack_model",
+    "load_suite",
+    "attack_run_name",
+    "best_distances",
+    "empirical_error",
+    "error_curve",
+    "summarize",
+]
+
+#: the suite's attacks, in the order they run
+ATTACKS = ("pgd", "cw", "boundary", "logbarrier")
+#: attacks that optimize the l2 distance only (their adversarials still count in linf)
+L2_ONLY = ("cw", "boundary")
+#: attacks that use gradients (the Boundary attack is the gradient-free reference)
+GRADIENT_ATTACKS = ("pgd", "cw", "logbarrier")
+
+ATTACK_COLUMNS = ["image", "label", "attack", "norm", "success", "dist_l2", "dist_linf"]
+BEST_COLUMNS = ["image", "label", "norm", "best", "best_attack"]
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """What the suite runs (its hash names the run; change any field and it is recomputed).
+
+    Args:
+        attacks: subset of ``('pgd', 'cw', 'boundary', 'logbarrier')``.
+        norms: subset of ``('l2', 'linf')`` (case-insensitive). PGD and LogBarrier run once per norm; CW and
+            Boundary are l2 attacks and run when 'l2' is requested.
+        n_images: number of seeded-random test images (the paper: 1000).
+        seed: seed of the image sample and of every attack's random draws.
+        batch_size: images per batch (the unit of resumption).
+        pgd_steps, pgd_search_steps: PGD iterations per eps; bisection steps of the eps search.
+        cw_steps, cw_binary_search_steps: Adam steps per constant; constants tried.
+        boundary_steps: maximum Boundary steps.
+        logbarrier_outer, logbarrier_inner: outer loops; maximum inner steps.
+        convergence_n: images re-attacked with every iteration budget doubled (0: skip that check).
+        convergence_tol: the doubled budget may change the median best distance by at most this fraction.
+        masking_ratio: an image is flagged for possible gradient masking when the Boundary attack's l2
+            distance is below ``masking_ratio`` times the best gradient attack's.
+        masking_max_fraction: the masking check fails when more than this fraction of images is flagged.
+        min_success: every minimal-distance attack must succeed on at least this fraction of the images.
+    """
+
+    attacks: tuple[str, ...] = ATTACKS
+    norms: tuple[str, ...] = ("l2", "linf")
+    n_images: int = 1000
+    seed: int = 0
+    batch_size: int = 250
+    pgd_steps: int = 40
+    pgd_search_steps: int = 20
+    cw_steps: int = 1000
+    cw_binary_search_steps: int = 5
+    boundary_steps: int = 25000
+    logbarrier_outer: int = 15
+    logbarrier_inner: int = 500
+    convergence_n: int = 50
+    convergence_tol: float = 0.05
+    masking_ratio: float = 0.5
+    masking_max_fraction: float = 0.01
+    min_success: float = 0.99
+
+    def __post_init__(self) -> None:
+        attacks = tuple(self.attacks) if not isinstance(self.attacks, str) else (self.attacks,)
+        if not attacks:
+            raise ConfigError(f"attacks={self.attacks!r} is empty; choose from {', '.join(ATTACKS)}")
+        for a in attacks:
+            check_choice("attack", a, ATTACKS)
+        norms = tuple(self.norms) if not isinstance(self.norms, str) else (self.norms,)
+        if not norms:
+            raise ConfigError("norms=() is empty; choose 'l2' and/or 'linf'")
+        norms = tuple(dict.fromkeys(normalize_norm(n) for n in norms))
+        if "l2" not in norms and all(a in L2_ONLY for a in attacks):
+            raise ConfigError(f"attacks {attacks} are l2 attacks but norms={norms}; add 'l2' or another attack")
+        object.__setattr__(self, "attacks", tuple(a for a in ATTACKS if a in attacks))
+        object.__setattr__(self, "norms", tuple(n for n in ("l2", "linf") if n in norms))
+        for name in ("n_images", "batch_size", "pgd_steps", "cw_steps", "cw_binary_search_steps",
+                     "boundary_steps", "logbarrier_outer", "logbarrier_inner"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name}={v!r} must be an integer")
+            check_positive(name, v)
+        for name in ("seed", "pgd_search_steps", "convergence_n"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name}={v!r} must be an integer")
+            check_nonnegative(name, v)
+        check_positive("convergence_tol", self.convergence_tol)
+        check_probability("masking_ratio", self.masking_ratio)
+        check_nonnegative("masking_max_fraction", self.masking_max_fraction)
+        if not 0 < self.min_success <= 1:
+            raise ConfigError(f"min_success={self.min_success!r} must lie in (0, 1]")
+
+    def jobs(self) -> list[tuple[str, str]]:
+        """The (attack, norm) pairs the suite runs, in order."""
+        out = []
+        for a in self.attacks:
+            for n in self.norms:
+                if a in L2_ONLY and n != "l2":
+                    continue
+                out.append((a, n))
+        return out
+
+    def scaled(self, factor: int) -> "AttackConfig":
+        """The same config with every iteration budget multiplied by ``factor``."""
+        return dataclasses.replace(
+            self, pgd_steps=self.pgd_steps * factor, cw_steps=self.cw_steps * factor,
+            boundary_steps=self.boundary_steps * factor, logbarrier_inner=self.logbarrier_inner * factor,
+            logbarrier_outer=self.logbarrier_outer * factor if factor > 1 else self.logbarrier_outer)
+
+    def build(self, attack: str, norm: str) -> Attack:
+        """The attack object for one job."""
+        if attack == "pgd":
+            return MinimalPGD(norm=norm, steps=self.pgd_steps, search_steps=self.pgd_search_steps)
+        if attack == "cw":
+            return CarliniWagnerL2(steps=self.cw_steps, binary_search_steps=self.cw_binary_search_steps)
+        if attack == "boundary":
+            return BoundaryAttack(steps=self.boundary_steps)
+        if attack == "logbarrier":
+            return LogBarrierAttack(norm=norm, max_outer=self.logbarrier_outer, max_inner=self.logbarrier_inner)
+        raise ConfigError(f"attack={attack!r} is not allowed; choose one of {', '.join(ATTACKS)}")
+
+
+def attack_run_name(cfg: AttackConfig) -> str:
+    """The sub-run name of an attack suite inside a training run: ``attack-<config hash>``."""
+    return f"attack-{config_hash(cfg, 8)}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Distances -> errors
+# --------------------------------------------------------------------------------------------------
+
+
+def best_distances(attacks: pd.DataFrame, norms: Sequence[str] = ("l2", "linf")) -> pd.DataFrame:
+    """Per image and norm, the best (smallest) distance of a successful adversarial over all rows.
+
+    Args:
+        attacks: the ``attacks.csv`` table (columns :data:`ATTACK_COLUMNS`).
+        norms: the norms to report.
+
+    Returns:
+        The ``best.csv`` table: image, label, norm, best (0 for clean-misclassified, ``inf`` when no attack
+        succeeded), best_attack (``'<attack>-<norm>'``, ``'clean'`` or ``'none'``), sorted by norm, image.
+    """
+    out = []
+    if len(attacks) == 0:
+        return pd.DataFrame(columns=BEST_COLUMNS)
+    names = attacks["attack"].astype(str) + "-" + attacks["norm"].astype(str)
+    for norm in norms:
+        norm = normalize_norm(norm)
+        d = attacks[f"dist_{norm}"].astype(float).where(attacks["success"].astype(bool), math.inf)
+        frame = pd.DataFrame({"image": attacks["image"].values, "label": attacks["label"].values,
+                              "d": d.values, "who": names.values})
+        frame = frame.sort_values(["image", "d"], kind="mergesort")
+        first = frame.groupby("image", sort=True).head(1)
+        best_attack = np.where(first["d"].values == 0, "clean",
+                               np.where(np.isinf(first["d"].values), "none", first["who"].values))
+        out.append(pd.DataFrame({"image": first["image"].values, "label": first["label"].values, "norm": norm,
+                                 "best": first["d"].values, "best_attack": best_attack}))
+    return pd.concat(out, ignore_index=True)[BEST_COLUMNS]
+
+
+def _best_values(best: Any, norm: Optional[str]) -> np.ndarray:
+    if isinstance(best, pd.DataFrame):
+        if "norm" in best.columns:
+            present = sorted(set(best["norm"]))
+            if norm is None:
+                if len(present) != 1:
+                    raise ConfigError(f"best holds norms {present}; pass norm='l2' or norm='linf'")
+                norm = present[0]
+            norm = normalize_norm(norm)
+            best = best[best["norm"] == norm]
+        best = best["best"]
+    if isinstance(best, Tensor):
+        best = best.detach().cpu().numpy()
+    values = np.asarray(best, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        raise ConfigError("no best distances to compute an error from")
+    return values
+
+
+def empirical_error(best: Union[pd.DataFrame, pd.Series, np.ndarray, Tensor], eps: float,
+                    norm: Optional[str] = None) -> float:
+    """Empirical % error at ``eps``: ``100 * #{best distance <= eps} / #images``.
+
+    ``best`` is the ``best.csv`` table (pass ``norm`` when it holds both norms) or an array of best distances.
+    """
+    check_nonnegative("eps", eps)
+    values = _best_values(best, norm)
+    return float(100.0 * np.mean(values <= eps))
+
+
+def error_curve(best: Union[pd.DataFrame, pd.Series, np.ndarray, Tensor], eps_grid: Sequence[float],
+                norm: Optional[str] = None) -> pd.DataFrame:
+    """The error-vs-eps curve: a table with columns ``eps`` and ``error_pct`` (one row per grid point)."""
+    values = _best_values(best, norm)
+    grid = np.asarray(list(eps_grid), dtype=np.float64)
+    if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
+        raise ConfigError("eps_grid must be a non-empty sequence of finite numbers >= 0")
+    err = 100.0 * (values[None, :] <= grid[:, None]).mean(axis=1)
+    return pd.DataFrame({"eps": grid, "error_pct": err})
+
+
+# --------------------------------------------------------------------------------------------------
+# The suite
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SuiteResult:
+    """The suite's output: the two tables, the checks, and a summary (also ``metrics.json``).
+
+    Attributes:
+        attacks: ``attacks.csv`` (one row per image, attack and norm).
+        best: ``best.csv`` (one row per image and norm).
+        checks: ``[(name, passed, message), ...]``.
+        summary: per-job success rates, median distances and seconds per image; clean error.
+    """
+
+    attacks: pd.DataFrame
+    best: pd.DataFrame
+    checks: list
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """True when every check passed."""
+        return all(c[1] for c in self.checks)
+
+
+def _job_stats(result: AttackResult, x: Tensor) -> dict[str, float]:
+    adv = result.adversarials.detach().to(torch.float64)
+    box = max(0.0, float(-adv.min()) if adv.numel() else 0.0, float(adv.max() - 1) if adv.numel() else 0.0)
+    stats = {"box_violation": box}
+    if result.eps is not None:
+        d = get_norm(result.norm).distance(adv - x.to(torch.float64))
+        e = result.eps.to(torch.float64)
+        finite = torch.isfinite(e)
+        excess = (d[finite] - e[finite]).clamp_min(0)
+        stats["ball_violation"] = float(excess.max()) if excess.numel() else 0.0
+    return stats
+
+
+def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, *, run=None,
+                    progress: bool = True, tag: str = "suite") -> tuple[pd.DataFrame, dict]:
+    """Attack every batch with every job; resume from and save to ``run``'s checkpoint under ``tag``."""
+    from tqdm.auto import tqdm
+
+    jobs = cfg.jobs()
+    n = len(x)
+    starts = list(range(0, n, cfg.batch_size))
+    state: dict[str, Any] = {"tag": tag, "batches_done": 0, "rows": [], "stats": {}, "seconds": {}}
+    ck = run.load_checkpoint() if run is not None else None
+    if ck is not None and ck.get(tag, {}).get("batches_done") is not None:
+        state = ck[tag]
+    others = {k: v for k, v in (ck or {}).items() if k != tag}
+    bar = tqdm(total=len(starts) * len(jobs), desc=f"attacks ({tag})", disable=not progress, leave=False,
+               initial=state["batches_done"] * len(jobs))
+    for b in range(state["batches_done"], len(starts)):
+        s = starts[b]
+        xb, yb, ib = x[s:s + cfg.batch_size], y[s:s + cfg.batch_size], idx[s:s + cfg.batch_size]
+        for attack_name, norm in jobs:
+            atk = cfg.build(attack_name, norm)
+            t0 = time.perf_counter()
+            res = atk(model, xb, yb, seed=cfg.seed, keys=ib)
+            dt = time.perf_counter() - t0
+            key = f"{attack_name}-{norm}"
+            state["seconds"][key] = state["seconds"].get(key, 0.0) + dt
+            st = _job_stats(res, xb)
+            prev = state["stats"].get(key, {})
+            state["stats"][key] = {k: max(v, prev.get(k, 0.0)) for k, v in st.items()}
+            state["rows"].extend(zip(
+                ib.tolist(), yb.tolist(), [attack_name] * len(yb), [norm] * len(yb), res.success.tolist(),
+                res.dist_l2.tolist(), res.dist_linf.tolist()))
+            bar.update(1)
+        state["batches_done"] = b + 1
+        if run is not None:
+            run.save_checkpoint({**others, tag: state})
+            run.log(f"{tag}: batch {b + 1}/{len(starts)} done")
+    bar.close()
+    table = pd.DataFrame(state["rows"], columns=ATTACK_COLUMNS)
+    table["success"] = table["success"].astype(bool)
+    return table, {"stats": state["stats"], "seconds": state["seconds"]}
+
+
+def summarize(attacks: pd.DataFrame, best: pd.DataFrame, seconds: Optional[dict] = None) -> dict:
+    """Per (attack, norm): success rate (%, over clean-correct images), median l2/linf distance of its
+    successes, seconds per image; per norm: median and mean best distance; the clean error (%)."""
+    out: dict[str, Any] = {"n_images": int(attacks["image"].nunique()) if len(attacks) else 0, "jobs": {}}
+    if len(attacks) == 0:
+        return out
+    clean_wrong = attacks.groupby("image")["dist_l2"].min() == 0
+    out["clean_error_pct"] = float(100 * clean_wrong.mean())
+    correct_images = set(clean_wrong.index[~clean_wrong])
+    for (a, n), g in attacks.groupby(["attack", "norm"], sort=False):
+        g = g[g["image"].isin(correct_images)]
+        ok = g[g["success"]]
+        per_img = (seconds or {}).get(f"{a}-{n}")
+        out["jobs"][f"{a}-{n}"] = {
+            "success_pct": float(100 * g["success"].mean()) if len(g) else float("nan"),
+            "median_l2": float(ok["dist_l2"].median()) if len(ok) else float("inf"),
+            "median_linf": float(ok["dist_linf"].median()) if len(ok) else float("inf"),
+            "seconds_per_image": (per_img / max(1, out["n_images"])) if per_img is not None else None,
+        }
+    for n, g in best.groupby("norm"):
+        out[f"median_best_{n}"] = float(g["best"].median())
+        out[f"mean_best_{n}"] = float(g["best"].replace(math.inf, np.nan).mean())
+        out[f"unbroken_{n}"] = int(np.isinf(g["best"]).sum())
+    return out
+
+
+def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, run=None,
+                     progress: bool = True) -> SuiteResult:
+    """Attack the images with every job of ``cfg``; best distances; checks; write into ``run``.
+
+    Args:
+        model: returns logits for inputs in [0, 1] (put in eval mode during the attacks).
+        x: ``[N, C, H, W]`` images in [0, 1]; ``y``: ``[N]`` labels; ``idx``: ``[N]`` their dataset indices
+            (the ``image`` column; also the per-image key of the attacks' random numbers).
+        cfg: the :class:`AttackConfig`.
+        run: a :class:`~paperlib.runs.Run` to write ``attacks.csv``, ``best.csv``, ``checks.json`` and the
+            per-batch checkpoint into (None: compute in memory only). It is started (``config.json``) if
+            needed but not marked finished (use :func:`attack_model` or ``load_or_run`` for that).
+        progress: show tqdm bars.
+
+    Returns:
+        :class:`SuiteResult`.
+    """
+    from paperlib.attacks.checks import run_checks
+
+    if not (len(x) == len(y) == len(idx)):
+        raise ConfigError(f"x, y, idx must have the same length, got {len(x)}, {len(y)}, {len(idx)}")
+    idx = torch.as_tensor(idx).to(torch.int64)
+    if len(torch.unique(idx)) != len(idx):
+        raise ConfigError("idx must hold distinct dataset indices (one row per image)")
+    if run is not None:
+        run.start()
+    attacks, info = _attack_batches(model, x, y, idx, cfg, run=run, progress=progress, tag="suite")
+    best = best_distances(attacks, cfg.norms)
+    convergence = None
+    if cfg.convergence_n > 0:
+        m = min(cfg.convergence_n, len(x))
+        doubled, _ = _attack_batches(model, x[:m], y[:m], idx[:m], dataclasses.replace(cfg.scaled(2)),
+                                     run=run, progress=progress, tag="doubled")
+        sub = set(idx[:m].tolist())
+        before = best_distances(attacks[attacks["image"].isin(sub)], cfg.norms)
+        after = best_distances(doubled, cfg.norms)
+        convergence = {n: (float(before[before["norm"] == n]["best"].median()),
+                           float(after[after["norm"] == n]["best"].median())) for n in cfg.norms}
+        convergence["n"] = m
+    checks = run_checks(model, x, y, attacks, best, cfg, stats=info["stats"], convergence=convergence)
+    summary = summarize(attacks, best, info["seconds"])
+    summary["convergence"] = convergence
+    summary["checks_passed"] = all(c[1] for c in checks)
+    if run is not None:
+        run.write_table("attacks.csv", attacks)
+        run.write_table("best.csv", best)
+        run.write_json("checks.json", [{"name": c[0], "passed": bool(c[1]), "message": c[2]} for c in checks])
+        run.write_json("summary.json", summary)
+    return SuiteResult(attacks=attacks, best=best, checks=checks, summary=summary)
+
+
+def load_suite(run) -> SuiteResult:
+    """Load a suite's results back from its run (``attacks.csv``, ``best.csv``, ``checks.json``)."""
+    from paperlib.attacks.checks import Check
+
+    attacks = run.read_table("attacks.csv")
+    attacks["success"] = attacks["success"].astype(bool)
+    best = run.read_table("best.csv")
+    best["best_attack"] = best["best_attack"].astype(str)
+    checks = [Check(c["name"], bool(c["passed"]), c["message"]) for c in run.read_json("checks.json")]
+    summary = run.read_json("summary.json") if run.exists("summary.json") else {}
+    return SuiteResult(attacks=attacks, best=best, checks=checks, summary=summary)
+
+
+def attack_model(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, run, *,
+                 progress: bool = True, force: bool = False) -> SuiteResult:
+    """Run or load: if ``run`` finished with the same config load it, else run the suite (resuming) and
+    mark the run finished with the summary as ``metrics.json``."""
+    from paperlib.runs import load_or_run
+
+    def compute(r) -> dict:
+        return run_attack_suite(model, x, y, idx, cfg, run=r, progress=progress).summary
+
+    load_or_run(run, compute, force=force)
+    return load_suite(run)
