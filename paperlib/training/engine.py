@@ -388,6 +388,9 @@ def _resolve_run(cfg: TrainConfig, store_or_run):
     from paperlib.runs import Run, RunStore
 
     if isinstance(store_or_run, Run):
+        if store_or_run.hash != config_hash(cfg):
+            raise ConfigError(f"run {store_or_run.path} was made for another config (hash {store_or_run.hash}, "
+                              f"this one {config_hash(cfg)}); pass the RunStore instead, or a run of this config")
         return store_or_run
     if isinstance(store_or_run, RunStore):
         return store_or_run.run(cfg.profile, run_name(cfg), cfg)
