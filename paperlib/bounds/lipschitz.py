@@ -10,7 +10,9 @@ dual of the attack norm (l2 -> l2, linf -> l1):
 * **modulus of continuity** (paper eq. 5): ``omega(eps) = sup_{x, ||v|| <= eps} l(x+v) - l(x) - <v, grad l(x)>``,
   one number per model, norm and eps. Estimated from the first-order residual at ``omega_samples`` points
   ``v`` drawn uniformly in the eps-ball around each image (clipped to [0, 1]) -- :func:`first_order_residuals`
-  -- whose maxima over batches of ``omega_batch_images`` images are fitted by a GEV -- :func:`estimate_omega`.
+  -- whose maxima over batches of ``omega_batch_images`` images (10 by default: "batches of the data
+  distribution", as for L) are fitted by a GEV -- :func:`estimate_omega`. With one image per batch the
+  maxima of confidently classified images pile up at 0 (saturated softmax) and the KS test rejects the fit.
   The estimate is floored at 0 (``v = 0`` gives residual 0) and made non-decreasing in eps along the grid
   (the true omega is; a larger estimate at a smaller radius is a valid estimate at a larger one).
 * **omega-bound** at ``eps``: the image is certified if it is correct and
@@ -369,7 +371,7 @@ class BoundConfig:
     lipschitz: str = "evt"
     lipschitz_batch: int = 10
     omega_samples: int = 16
-    omega_batch_images: int = 1
+    omega_batch_images: int = 10
     omega_images: int | None = None
     omega_method: str = "evt"
     eps_max: float | None = None
