@@ -165,8 +165,9 @@ def sample_images(dataset: Dataset, n: int, seed: int = 0) -> tuple[torch.Tensor
     """``n`` seeded-random images of ``dataset`` without replacement: ``(x [n,C,H,W] in [0,1], y [n], idx [n])``.
 
     ``idx`` are positions in ``dataset``; the same ``(n, seed)`` always picks the same images, so the attack
-    suite, the bounds and the certification of one model line up image by image. The first ``k`` images of
-    a larger draw are *not* the images of a smaller draw; use the same ``n`` everywhere.
+    suite, the bounds and the certification of one model line up image by image. The draw is a prefix of
+    one seeded permutation, so the first ``k`` images of a larger draw are exactly the images of a draw of
+    ``k`` (a 200-image run is a subset of the 1000-image run with the same seed).
     """
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"n={n!r} images must be a positive integer")

@@ -166,3 +166,10 @@ def test_corrupt_cifar10_is_a_clear_error(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(b"garbage")
     with pytest.raises(DataNotFoundError, match="CIFAR-10 .* could not be read"):
         load_dataset("cifar10", "test", root=tmp_path)
+
+
+def test_sample_images_draws_are_prefixes_of_one_permutation():
+    ds = load_dataset("synthetic-fashion-mnist", "test")
+    _, _, small = sample_images(ds, 20, seed=5)
+    _, _, large = sample_images(ds, 100, seed=5)
+    assert torch.equal(large[:20], small)
