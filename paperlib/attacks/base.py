@@ -101,6 +101,7 @@ class ImageNoise:
             raise ConfigError(f"seed={seed!r} must be a non-negative integer")
         self.seed = seed
         self.keys = keys.to(torch.int64)
+        self._counters: dict[int, Tensor] = {}
         s = torch.tensor([seed & _M32, (seed >> 32) & _M32], dtype=torch.int64, device=keys.device)
         salt_t = torch.tensor([salt & _M32], dtype=torch.int64, device=keys.device)
         self._base = _hash32(_hash32(_hash32(self.keys ^ _hash32(s[0:1])) + _hash32(s[1:2] + 0x51ED27)) ^ _hash32(salt_t))
@@ -112,8 +113,11 @@ class ImageNoise:
         else:
             sh = torch.tensor([stream & _M32], dtype=torch.int64, device=base.device)
         b = _hash32(base + _hash32(sh + 0x632BE5AB))  # [R]
-        ctr = torch.arange(n, device=base.device, dtype=torch.int64)
-        return _hash32(b[:, None] ^ _hash32(ctr * 2 + 1)[None, :])  # [R, n]
+        ctr = self._counters.get(n)
+        if ctr is None:
+            ctr = _hash32(torch.arange(n, device=base.device, dtype=torch.int64) * 2 + 1)
+            self._counters[n] = ctr
+        return _hash32(b[:, None] ^ ctr[None, :])  # [R, n]
 
     def uniform(self, stream: Union[int, Tensor], shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
                 rows: Optional[Tensor] = None) -> Tensor:
