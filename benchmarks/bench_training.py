@@ -166,6 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     ap.add_argument("--free-m", type=int, default=2, help="replays per minibatch in the free-AT timing")
+    ap.add_argument("--methods", default=None, help="comma-separated subset of the methods (default: all)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per method before the rounds")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--h", type=float, default=0.01)
     args = ap.parse_args(argv)
@@ -199,13 +201,20 @@ def main(argv=None) -> int:
         methods["dbp"] = Regularized(GradientPenalty(norm="l2", method="dbp", lam=args.lam))
         methods["pgd-at"] = PGDAdversarialTraining(eps=8 / 255, steps=7, step_size=2 / 255)
         methods["free-at"] = PerReplay(args.free_m, 8 / 255)
+        if args.methods:
+            keep = ["standard"] + [k for k in args.methods.split(",") if k != "standard"]
+            unknown = sorted(set(keep) - set(methods))
+            if unknown:
+                ap.error(f"unknown or inapplicable method(s) {unknown} for {name}; choose from {sorted(methods)}")
+            methods = {k: methods[k] for k in keep}
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         times: dict[str, list[float]] = {k: [] for k in methods}
         mem: dict[str, int] = {k: 0 for k in methods}
         breakdown: list[dict[str, float]] = []
         gen = torch.Generator(device=device).manual_seed(0)
-        for k, meth in methods.items():  # warm-up (allocator, kernels)
-            meth.step(model, opt, x, y, generator=gen)
+        for _ in range(args.warmup):  # warm-up (allocator, kernels)
+            for k, meth in methods.items():
+                meth.step(model, opt, x, y, generator=gen)
         for r in range(args.rounds):
             for k, meth in methods.items():
                 with PeakMemory(device) as pm:
@@ -239,13 +248,11 @@ def main(argv=None) -> int:
     print()
     for name in dict.fromkeys(r[0] for r in rows):
         r = {k: ratio for n, k, ms, ratio, *_ in rows if n == name and k != "__breakdown__"}
-        line = f"{name}: FD/standard {r['fd']:.2f}, DBP/FD {r['dbp'] / r['fd']:.2f}, " \
-               f"FD without graph reuse/FD {r['fd-no-reuse'] / r['fd']:.2f}, PGD-AT/FD {r['pgd-at'] / r['fd']:.2f}"
-        if "fd-reuse-input" in r:
-            line += f", FD reusing the input pass/FD {r['fd-reuse-input'] / r['fd']:.2f}"
-        if "fd-bn-guard" in r:
-            line += f", FD with BN guard/FD {r['fd-bn-guard'] / r['fd']:.2f}"
-        print(line)
+        labels = {"dbp": "DBP/FD", "fd-no-reuse": "FD without graph reuse/FD", "pgd-at": "PGD-AT/FD",
+                  "fd-reuse-input": "FD reusing the input pass/FD", "fd-bn-guard": "FD with BN guard/FD"}
+        if "fd" in r:
+            print(f"{name}: FD/standard {r['fd']:.2f}" + "".join(f", {lab} {r[k] / r['fd']:.2f}"
+                                                                  for k, lab in labels.items() if k in r))
         parts, total = next((ms, ratio) for n, k, ms, ratio, *_ in rows if n == name and k == "__breakdown__")
         print(f"  FD step split: " + ", ".join(f"{p} {100 * v / total:.0f}%" for p, v in parts.items()))
     return 0
