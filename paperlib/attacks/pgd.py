@@ -1,13 +1,14 @@
 """Projected gradient descent (Madry et al. 2017) in l2 and linf, fixed-eps and minimal-distance forms.
 
-PGD ascends the cross-entropy loss from a random start inside the eps-ball, projecting every iterate onto
-the ball and onto [0, 1]: sign steps in linf, normalized-gradient steps in l2 (the norm strategy of
-:mod:`paperlib.attacks.norms`). An image stops as soon as an iterate is misclassified (the first adversarial
+PGD ascends a loss (cross-entropy as Madry et al., or the logit margin) from a random start inside the
+eps-ball, projecting every iterate onto the ball and onto [0, 1]: sign steps in linf, normalized-gradient
+steps in l2 (the norm strategy of :mod:`paperlib.attacks.norms`). An image stops as soon as an iterate is misclassified (the first adversarial
 found is kept), which is decided per image, so batching never changes a result.
 
 :class:`MinimalPGD` turns it into a minimal-distance attack (DESIGN.md section 5): grow eps by ``growth``
 (1.5x) until PGD succeeds, then bisect the bracket ``search_steps`` times (about 20), running ``steps``
 iterations (about 40) per eps; the returned adversarial is the one found at the smallest successful eps.
+It ascends the logit margin by default (see :class:`MinimalPGD` for the measurement behind that choice).
 """
 
 from __future__ import annotations
@@ -140,10 +141,11 @@ class MinimalPGD(MinimizationAttack):
     Every PGD run at a trial eps is a fresh PGD with its own random start (seeded per image and trial).
     ``result.eps`` holds the radius of the ball each adversarial was found in.
 
-    The default loss is the logit margin, not cross-entropy: the search asks "is there an adversarial in
-    this ball?", and the margin is maximized exactly by the most misclassified point. Measured on a
-    10-class-like linear model with low-confidence logits (D = 784, 5 classes), cross-entropy PGD stopped
-    12-21 % above the exact minimal distance, the margin loss within 0.1 % (``tests/test_attacks_exact.py``).
+    The default loss is the logit margin, not cross-entropy (DESIGN.md says cross-entropy): the search asks
+    "is there an adversarial in this ball?", and the margin is maximized exactly by the most misclassified
+    point. Measured on a 5-class linear model with low-confidence logits (D = 784), cross-entropy PGD stopped
+    12-21 % above the exact minimal distance, the margin loss within 0.1 % (the closed form of
+    ``tests/test_attacks_exact.py``). ``loss='ce'`` gives Madry's loss.
     The step is ``0.1 eps`` (iterates travel 4 eps in 40 steps): with ``2.5/steps`` the angle to the optimal
     direction had not converged after 40 steps (1.4 % excess in l2).
 
