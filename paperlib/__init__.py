@@ -30,6 +30,18 @@ _LAZY = {
     "build_model": "paperlib.models",
     "ConfigError": "paperlib.config",
     "get_profile": "paperlib.config",
+    "AttackConfig": "paperlib.attacks.suite",
+    "run_attack_suite": "paperlib.attacks.suite",
+    "attack_model": "paperlib.attacks.suite",
+    "load_suite": "paperlib.attacks.suite",
+    "empirical_error": "paperlib.attacks.suite",
+    "error_curve": "paperlib.attacks.suite",
+    "BoundConfig": "paperlib.bounds",
+    "run_bounds": "paperlib.bounds",
+    "CertifyConfig": "paperlib.bounds",
+    "run_certify": "paperlib.bounds",
+    "Smooth": "paperlib.bounds",
+    "reproduce": "paperlib.reproduce",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -327,15 +327,33 @@ class Run:
         except (ValueError, pd.errors.ParserError) as exc:
             raise RunCorruptError(f"{p} is not a valid CSV table ({exc})") from None
 
-    def save_weights(self, state_dict: Mapping[str, torch.Tensor], fname: str = "weights.pt") -> Path:
-        """Save a model ``state_dict`` (tensors only) atomically."""
+    def save_weights(self, state_dict: Mapping[str, torch.Tensor], fname: str = "weights.pt", *,
+                     architecture: str | None = None) -> Path:
+        """Save a model ``state_dict`` (tensors only) atomically.
+
+        ``architecture`` (see :func:`paperlib.models.architecture_fingerprint`) is recorded in
+        ``<fname>.json`` so :meth:`load_weights` can refuse weights trained with another architecture.
+        """
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
+        if architecture is not None:
+            self.write_json(fname + ".json", {"architecture": architecture})
         atomic_write_bytes(self.path / fname, buf.getvalue())
         return self.path / fname
 
-    def load_weights(self, fname: str = "weights.pt") -> dict[str, torch.Tensor]:
-        """Load a ``state_dict`` with ``weights_only=True``; corrupt or foreign files raise RunCorruptError."""
+    def load_weights(self, fname: str = "weights.pt", *, architecture: str | None = None) -> dict[str, torch.Tensor]:
+        """Load a ``state_dict`` with ``weights_only=True``; corrupt or foreign files raise RunCorruptError.
+
+        With ``architecture``, weights recorded with a different architecture fingerprint raise
+        :class:`StaleRunError` (the model's code changed since training).
+        """
+        if architecture is not None and self.exists(fname + ".json"):
+            stored = self.read_json(fname + ".json").get("architecture")
+            if stored is not None and stored != architecture:
+                raise StaleRunError(
+                    f"{self.path / fname} was trained with another architecture of this model (fingerprint "
+                    f"{stored}, the code now builds {architecture}): the model's code changed since training; "
+                    "retrain with --force")
         return load_state_dict_file(self.path / fname)
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> Path:

@@ -135,3 +135,16 @@ def test_subruns_and_listing(tmp_path):
     assert isinstance(child, Run)
     with pytest.raises(Exception, match="plain directory name"):
         store.run("fmnist", "../x", Cfg())
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    from paperlib.models import architecture_fingerprint
+
+    run = RunStore(tmp_path).run("smoke", "arch", Cfg()).start()
+    maxpool = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d(2))
+    avgpool = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.AvgPool2d(2))
+    run.save_weights(maxpool.state_dict(), architecture=architecture_fingerprint(maxpool))
+    assert set(run.load_weights(architecture=architecture_fingerprint(maxpool))) == {"0.weight", "0.bias"}
+    # same state_dict keys and shapes, different (parameter-free) layer: must not load silently
+    with pytest.raises(StaleRunError, match="another architecture"):
+        run.load_weights(architecture=architecture_fingerprint(avgpool))

@@ -21,7 +21,8 @@ from paperlib.models.normalize import Normalize
 from paperlib.models.resnext import ResNeXt34
 
 __all__ = ["build_model", "register_model", "model_names", "Normalize", "FashionCNN", "ResNeXt34", "LinearModel",
-           "count_parameters"]
+           "count_parameters",
+           "architecture_fingerprint"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -52,6 +53,20 @@ def build_model(name: str, *, num_classes: int = 10, **kwargs) -> nn.Module:
     if name not in _REGISTRY:
         raise ConfigError(f"model={name!r} is not allowed; choose one of {', '.join(map(repr, model_names()))}")
     return _REGISTRY[name](num_classes=num_classes, **kwargs)
+
+
+def architecture_fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's architecture: its module tree (layer types and settings) and the names and
+    shapes of its parameters and buffers.
+
+    Stored beside saved weights so that weights trained with one architecture are never silently loaded into a
+    changed one (a parameter-free change, e.g. max- to average-pooling, loads without any state_dict error).
+    """
+    import hashlib
+
+    shapes = [f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items()]
+    text = repr(model) + "\n" + "\n".join(shapes)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def count_parameters(model: nn.Module) -> int:

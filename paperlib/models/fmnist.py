@@ -16,7 +16,10 @@ gradient norm by a median 6.5% even at h = 1e-6, against 1e-4% for this average-
 would make finite differences, double backpropagation, gradient attacks and the gradient-based bounds all
 disagree for a reason the paper is not about. The paper's ResNeXt also pools by averaging.
 
-Measured on this project's 2-core CPU (torch 2.14.1): see ``COST`` below.
+Measured on this project's 2-core CPU (torch 2.14.1, 2 threads): one epoch of standard training on the 60,000
+training images (batch 128, 468 steps) took 13.0 s on a quiet machine; the ``fmnist`` profile's 6 epochs
+(`paperlib train --profile fmnist`, seed 0) reached 9.63% test error (90.4% accuracy) on the 10,000 test images.
+The benchmark ``benchmarks/bench_training.py`` gives the other methods' step costs relative to this one.
 """
 
 from __future__ import annotations

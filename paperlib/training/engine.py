@@ -43,6 +43,7 @@ from paperlib.config import (
     get_profile,
     normalize_norm,
 )
+from paperlib.models import architecture_fingerprint
 from paperlib.regularizers import FD_SCHEMES, PENALTY_METHODS, SCALES, penalty_norm
 from paperlib.training.distributed import (
     DistEnv,
@@ -550,7 +551,7 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
         barrier(env)
 
     if env.is_main:
-        run.save_weights(model.state_dict())
+        run.save_weights(model.state_dict(), architecture=architecture_fingerprint(model))
     last = rows[-1]
     return {
         "clean_error_pct": last.get("test_error_pct"),
@@ -595,5 +596,5 @@ def load_trained(run_or_path, *, device: str | torch.device = "cpu") -> tuple[nn
                           f"(paperlib train --profile {cfg.profile} ...)")
     torch.manual_seed(0)
     model = _build(cfg)
-    model.load_state_dict(run.load_weights())
+    model.load_state_dict(run.load_weights(architecture=architecture_fingerprint(model)))
     return model.to(device).eval(), cfg

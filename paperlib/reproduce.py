@@ -1,0 +1,214 @@
+"""``paperlib reproduce``: the paper's whole grid for a profile -- train, attack, bound, certify.
+
+The grid (DESIGN.md section 8; Tables 1, 2, B.3, B.4 of the paper), keyed by the row keys of
+:mod:`paperlib.report.paper`:
+
+* ``undefended``;
+* ``pgd-at-2``, ``pgd-at-8``: linf 7-step PGD adversarial training at eps 2/255 and 8/255 (step eps/4, Madry's
+  random start -- see :mod:`paperlib.training.methods` for why this variant);
+* ``free-at-2``, ``free-at-8``: 'free' adversarial training with m = 2 and m = 8 replays (eps 8/255; epochs
+  divided by m);
+* squared l1 penalty (against linf attacks): ``dbp-l1-lam0.1``, ``dbp-l1-lam1``, ``fd-l1-lam0.1`` (h = 0.01),
+  ``fd-l1-lam1-h0.1``;
+* squared l2 penalty (against l2 attacks): ``dbp-l2-lam0.1``, ``dbp-l2-lam1``, ``fd-l2-lam0.1``, ``fd-l2-lam1``
+  (h = 0.01);
+* the h study (Table B.4): squared l1, lam 1, h in {1e-4, 1e-3, 1e-2, 0.1, 1} (``h=0.1`` is ``fd-l1-lam1-h0.1``).
+
+Then, for every model: the attack suite in l2 and linf on the profile's ``n_images`` seeded test images
+(:mod:`paperlib.attacks.suite`), the bounds in l2 and linf (:mod:`paperlib.bounds.lipschitz`), and randomized
+smoothing for ``undefended`` and ``fd-l2-lam1`` (:mod:`paperlib.bounds.smoothing`).
+
+Every stage is a run of the run store, so the command is resumable: finished runs load at once, a partial run
+continues from its checkpoint. Wall time per stage is recorded in ``runs/<profile>/reproduce.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from paperlib.config import ConfigError, check_choice, get_profile
+
+__all__ = ["grid", "evaluation_configs", "reproduce", "add_parser", "STAGES", "SMOOTHING_MODELS"]
+
+STAGES = ("train", "attack", "bound", "certify")
+SMOOTHING_MODELS = ("undefended", "fd-l2-lam1")
+H_STUDY = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
+
+
+def grid(profile: str) -> dict[str, Any]:
+    """The paper's grid of :class:`~paperlib.training.TrainConfig` for ``profile``, keyed by paper row key."""
+    from paperlib.training import TrainConfig
+
+    def make(**kw):
+        return TrainConfig.from_profile(profile, **kw)
+
+    g: dict[str, Any] = {"undefended": make(method="undefended")}
+    for e in (2, 8):
+        g[f"pgd-at-{e}"] = make(method="pgd-at", norm="linf", eps=e / 255, steps=7)
+    for m in (2, 8):
+        g[f"free-at-{m}"] = make(method="free-at", norm="linf", eps=8 / 255, m=m)
+    for norm in ("l1", "l2"):
+        for lam, tag in ((0.1, "0.1"), (1.0, "1")):
+            g[f"dbp-{norm}-lam{tag}"] = make(method="penalty", penalty="dbp", norm=norm, lam=lam)
+            h = 0.1 if (norm == "l1" and lam == 1.0) else 0.01
+            key = f"fd-{norm}-lam{tag}" + ("-h0.1" if h == 0.1 else "")
+            g[key] = make(method="penalty", penalty="fd", norm=norm, lam=lam, h=h)
+    for h, name in zip(H_STUDY, ("h=1e-4", "h=1e-3", "h=1e-2", "h=0.1", "h=1")):  # Table B.4's row labels
+        key = "fd-l1-lam1-h0.1" if h == 0.1 else name
+        g.setdefault(key, make(method="penalty", penalty="fd", norm="l1", lam=1.0, h=h))
+    return g
+
+
+# Evaluation budgets per profile. The literature's defaults (the attack and bound configs' own defaults) are
+# what the cifar10/imagenet profiles use on GPUs; the CPU profiles cut the iteration budgets, and the attack
+# suite's convergence check (doubled budgets on a subsample) reports whether the cut budgets still converge.
+_EVAL = {
+    "smoke": {
+        "attack": dict(pgd_steps=10, pgd_search_steps=6, cw_steps=100, cw_binary_search_steps=5, boundary_steps=200,
+                       logbarrier_outer=4, logbarrier_inner=30, convergence_n=0),
+        "bound": dict(omega_samples=4, grid_size=6),
+        "certify": dict(sigma=0.25, n0=20, n=200, batch_size=200),
+    },
+    "fmnist": {
+        "attack": dict(cw_steps=300, boundary_steps=3000, logbarrier_inner=100, convergence_n=50),
+        "bound": dict(),
+        "certify": dict(sigma=0.25, n0=100, n=2000, batch_size=1000, n_images=100),
+    },
+    "cifar10": {"attack": dict(), "bound": dict(), "certify": dict(sigma=0.25, n_images=500)},
+    "imagenet": {"attack": dict(), "bound": dict(top_k=5), "certify": dict(sigma=0.25, n_images=500)},
+}
+
+
+def evaluation_configs(profile: str) -> dict[str, Any]:
+    """The attack, bound (l2 and linf) and certify configs of a profile: ``{'attack', 'bound-l2',
+    'bound-linf', 'certify'}``."""
+    from paperlib.attacks.suite import AttackConfig
+    from paperlib.bounds import BoundConfig, CertifyConfig
+
+    prof = get_profile(profile)
+    budgets = _EVAL[prof.name]
+    n, bs = prof.n_images, prof.eval_batch_size
+    certify = {"n_images": n, "batch_size": bs, **budgets["certify"]}
+    return {
+        "attack": AttackConfig(n_images=n, batch_size=min(bs, n), **budgets["attack"]),
+        "bound-l2": BoundConfig(norm="l2", n_images=n, batch_size=bs, **budgets["bound"]),
+        "bound-linf": BoundConfig(norm="linf", n_images=n, batch_size=bs, **budgets["bound"]),
+        "certify": CertifyConfig(**certify),
+    }
+
+
+def _timed(times: dict[str, float], stage: str, fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        times[stage] = times.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[str] = STAGES,
+              only: Sequence[str] | None = None, progress: bool = True, log=print) -> dict[str, Any]:
+    """Run (or load) the grid of ``profile`` through ``stages``; return per-stage wall times and the runs.
+
+    Args:
+        profile: ``smoke``, ``fmnist``, ``cifar10`` or ``imagenet``.
+        runs_dir: root of the run store.
+        stages: subset of :data:`STAGES`, run in that order for every model.
+        only: restrict to these grid keys (default: the whole grid).
+        progress: tqdm bars in each stage.
+        log: where to print one line per finished step.
+    """
+    from paperlib.attacks.suite import attack_model, attack_run_name
+    from paperlib.bounds import run_bounds, run_certify
+    from paperlib.data import dataset_info, load_dataset, sample_images
+    from paperlib.runs import RunStore, atomic_write_text
+    from paperlib.training import load_trained, train
+
+    for s in stages:
+        check_choice("stage", s, STAGES)
+    configs = grid(profile)
+    keys = list(configs)
+    if only:
+        for k in only:
+            check_choice("model", k, keys)
+        keys = [k for k in keys if k in only]
+    store = RunStore(runs_dir)
+    evals = evaluation_configs(profile)
+    times: dict[str, float] = {}
+    runs: dict[str, str] = {}
+    images = None
+    start = time.perf_counter()
+    for i, key in enumerate(keys, 1):
+        cfg = configs[key]
+        run = _timed(times, "train", train, cfg, store, progress=progress) if "train" in stages else \
+            store.run(cfg.profile, _run_name(cfg), cfg)
+        runs[key] = str(run.path)
+        if run.status != "finished":
+            log(f"[{i}/{len(keys)}] {key}: not trained (run the 'train' stage); skipped")
+            continue
+        log(f"[{i}/{len(keys)}] {key}: trained ({run.path})")
+        if not set(stages) & {"attack", "bound", "certify"}:
+            continue
+        model, tcfg = load_trained(run)
+        if images is None:
+            images = sample_images(load_dataset(tcfg.dataset, "test"), evals["attack"].n_images,
+                                   evals["attack"].seed)
+        x, y, idx = images
+        if "attack" in stages:
+            acfg = evals["attack"]
+            suite = _timed(times, "attack", attack_model, model, x, y, idx, acfg,
+                           run.subrun(attack_run_name(acfg), acfg), progress=progress)
+            failed = [c[0] for c in suite.checks if not c[1]]
+            log(f"    attacks done; checks {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
+        if "bound" in stages:
+            for norm in ("l2", "linf"):
+                bcfg = evals[f"bound-{norm}"]
+                _timed(times, "bound", run_bounds, model, x[:bcfg.n_images], y[:bcfg.n_images],
+                       idx[:bcfg.n_images], bcfg, run.subrun(f"bounds-{norm}", bcfg), progress=progress)
+            log("    bounds done (l2, linf)")
+        if "certify" in stages and key in SMOOTHING_MODELS:
+            ccfg = evals["certify"]
+            n = ccfg.n_images
+            _timed(times, "certify", run_certify, model, x[:n], y[:n], idx[:n], ccfg,
+                   run.subrun(f"certify-sigma{ccfg.sigma:g}", ccfg),
+                   num_classes=dataset_info(tcfg.dataset).num_classes, progress=progress)
+            log(f"    smoothing certificates done (sigma {ccfg.sigma:g})")
+    times["total"] = time.perf_counter() - start
+    report = {"profile": profile, "stages": list(stages), "models": keys, "seconds": times, "runs": runs}
+    import json
+
+    path = store.root / profile / "reproduce.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    log("wall time per stage (this invocation; finished runs load in seconds): "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
+    return report
+
+
+def _run_name(cfg) -> str:
+    from paperlib.training import run_name
+
+    return run_name(cfg)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    only = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else None
+    if not stages:
+        raise ConfigError(f"--stages {args.stages!r} is empty; choose from {', '.join(STAGES)}")
+    reproduce(args.profile, args.runs_dir, stages=stages, only=only, progress=args.progress)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Register ``paperlib reproduce``."""
+    p = subparsers.add_parser("reproduce", help="the paper's whole grid for a profile (train, attack, bound, certify)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="fmnist", help="smoke | fmnist | cifar10 | imagenet (default fmnist)")
+    p.add_argument("--runs-dir", default="runs", help="run store root (default ./runs)")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--only", default=None, help="comma-separated grid keys (e.g. undefended,fd-l2-lam1)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=_cmd)

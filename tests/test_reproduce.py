@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+import paperlib
+import paperlib.training
+from paperlib.config import ConfigError
+from paperlib.reproduce import evaluation_configs, grid, reproduce
+from paperlib.report.paper import ROW_KEYS, TABLEB4
+from tests.conftest import requires_fmnist
+
+
+def test_grid_is_the_papers_grid():
+    g = grid("fmnist")
+    cifar_rows = {k for k in ROW_KEYS if not k.startswith("imagenet")}
+    h_rows = {k for k in TABLEB4 if k.startswith("h=")} - {"h=0.1"}
+    assert set(g) == cifar_rows | h_rows  # 13 rows of Tables 1/2 + 4 extra models of the h study
+    assert len(g) == 17
+    assert (g["fd-l1-lam1-h0.1"].norm, g["fd-l1-lam1-h0.1"].lam, g["fd-l1-lam1-h0.1"].h) == ("l1", 1.0, 0.1)
+    assert g["fd-l2-lam1"].h == 0.01 and g["dbp-l2-lam0.1"].penalty == "dbp"
+    assert g["pgd-at-2"].eps == pytest.approx(2 / 255) and g["pgd-at-2"].steps == 7
+    assert g["free-at-8"].m == 8 and g["h=1e-4"].h == 1e-4
+    assert len({paperlib.training.run_name(c) for c in g.values()}) == 17  # every model its own run
+
+
+def test_evaluation_configs_follow_the_profile():
+    ev = evaluation_configs("fmnist")
+    assert ev["attack"].n_images == ev["bound-l2"].n_images == 1000
+    assert ev["bound-linf"].norm == "linf"
+
+
+@requires_fmnist
+def test_reproduce_smoke_is_resumable(tmp_path):
+    lines = []
+    stages = ("train", "bound", "certify")
+    report = reproduce("smoke", tmp_path, stages=stages, only=["undefended"], progress=False, log=lines.append)
+    assert report["models"] == ["undefended"]
+    run = tmp_path / "smoke" / "undefended"
+    assert (run / "FINISHED.json").exists() and (run / "bounds-l2" / "FINISHED.json").exists()
+    assert (run / "certify-sigma0.25" / "FINISHED.json").exists()
+    assert json.loads((tmp_path / "smoke" / "reproduce.json").read_text())["seconds"]["total"] > 0
+    again = reproduce("smoke", tmp_path, stages=stages, only=["undefended"], progress=False, log=lines.append)
+    assert again["seconds"]["total"] < report["seconds"]["total"]  # everything loads
+
+
+def test_reproduce_rejects_unknown_stage_and_model(tmp_path):
+    with pytest.raises(ConfigError, match="stage='plot'"):
+        reproduce("smoke", tmp_path, stages=("plot",))
+    with pytest.raises(ConfigError, match="model='fd-l3'"):
+        reproduce("smoke", tmp_path, only=["fd-l3"])
