@@ -8,6 +8,7 @@ authors' hardware (CIFAR-10: one GTX 1080 Ti; ImageNet-1k: four GPUs). ``None`` 
 empty. Row keys are this project's method names (see :data:`ROW_KEYS`), so pages can join them with our runs.
 
 Transcription notes (paper slips, kept as printed where they do not change a number):
+
 * Table 2 labels the 'free' AT rows with a lambda ("m = 2, lambda = 0.1"); free AT has no lambda.
 * Table 1's omega-bound entry for squared l1 (DBP), lambda = 1 reads 33.05 at 2/255; the neighbouring empirical
   entry is 33.95 (possibly a slip, transcribed as printed).

@@ -89,7 +89,9 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 class TrainConfig:
     """Everything that determines a trained model. Build it with :meth:`from_profile`.
 
-    Recipe (from the profile):
+    The recipe fields (Args) come from the profile; the method fields (Other Parameters) say what is trained.
+
+    Args:
         profile: run-store profile (``smoke``, ``fmnist``, ``cifar10``, ``imagenet``).
         dataset, model: names for :func:`paperlib.data.load_dataset` / :func:`paperlib.models.build_model`.
         epochs: epochs of standard training (>= 1); free AT runs ``ceil(epochs / m)``.
@@ -104,7 +106,7 @@ class TrainConfig:
             low precision; the loss itself is computed in float32 either way). Ignored on CPU.
         channels_last: ``'auto'`` (on CUDA with amp), ``'on'``, ``'off'``.
 
-    Method:
+    Other Parameters:
         method: ``'undefended'``, ``'penalty'``, ``'pgd-at'`` or ``'free-at'``.
         penalty: ``'fd'`` (finite differences) or ``'dbp'`` (double backprop).             [penalty]
         norm: penalty: the penalty's norm ``'l2'``/``'l1'`` (``'l1'`` is the dual of linf attacks);
@@ -262,7 +264,7 @@ class TrainConfig:
 
     @property
     def replays(self) -> int:
-        """Optimizer steps per minibatch (free AT: m; otherwise 1)."""
+        """The number of optimizer steps per minibatch, ``m`` for free AT and 1 otherwise."""
         return self.m if self.method == "free-at" else 1
 
 
