@@ -109,13 +109,16 @@ def hessian_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int 
     return (top - rho).clamp_min(0)
 
 
-def quadratic_cost_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, deltas, steps: int = 200):
+def quadratic_cost_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, deltas, steps: int = 200,
+                         segment_points: int = 8):
     """Proposition 3.1 per example and ``delta``: the attained ``max_v l(x+v) - ||v||^2/(2 delta) - l(x)``
     against its first-order value ``delta/2 ||g||^2`` and the bound ``delta/(2(1 - delta C)) ||g||^2``.
 
     The maximization is gradient ascent from ``v = delta g`` (the first-order maximizer), with step ``delta/2``
     (the objective is ``1/delta``-strongly concave where ``delta C < 1``). ``C`` is the largest positive input
-    Hessian eigenvalue at ``x`` and at the maximizer (a local estimate of the paper's global ``C``).
+    Hessian eigenvalue at ``x`` and at ``segment_points`` points of the segment from ``x`` to the maximizer: the
+    curvature that bounds the Taylor remainder there (the paper's ``C`` is the supremum over all inputs, which
+    can only be larger and only loosens the bound).
     Returns a DataFrame with one row per (example, delta). Use float64 models and inputs.
     """
     import pandas as pd
@@ -134,7 +137,11 @@ def quadratic_cost_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, del
                 v += (delta / 2) * grad_v
         with torch.no_grad():
             attained = cross_entropy(model(x + v), y) - v.flatten(1).pow(2).sum(dim=1) / (2 * delta) - loss0
-        C = torch.maximum(C0, hessian_norm(model, (x + v).detach(), y))
+        # The Taylor remainder of l along the segment [x, x + v] is at most (C/2)||v||^2 with C the largest
+        # curvature *on that segment*, which is what the inequality at v needs: sample it at points along it.
+        C = C0
+        for s in torch.linspace(0.125, 1.0, segment_points).tolist():
+            C = torch.maximum(C, hessian_norm(model, (x + s * v).detach(), y))
         bound = torch.where(delta * C < 1, delta / (2 * (1 - delta * C)) * g2, torch.full_like(g2, math.inf))
         for i in range(x.shape[0]):
             rows.append({"example": i, "delta": delta, "attained": attained[i].item(),

@@ -303,7 +303,7 @@ def _job_stats(result: AttackResult, x: Tensor) -> dict[str, float]:
 def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, *, run=None,
                     progress: bool = True, tag: str = "suite") -> tuple[pd.DataFrame, dict]:
     """Attack every batch with every job; resume from and save to ``run``'s checkpoint under ``tag``."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
 
     jobs = cfg.jobs()
     n = len(x)

@@ -470,7 +470,7 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | Sequence
 
 def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, cfg: BoundConfig,
                     run: Any = None, progress: bool = True) -> BoundsResult:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
 
     loss_fn = lambda logits, labels: get_loss(cfg.loss)(logits, labels, top_k=cfg.top_k)  # noqa: E731
     stats = image_statistics(model, x, y, batch_size=cfg.batch_size, loss_fn=loss_fn, progress=progress)

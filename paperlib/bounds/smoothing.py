@@ -161,7 +161,7 @@ class Smooth:
         batch_size = _check_count("batch_size", batch_size)
         if x.ndim != 3:
             raise ConfigError(f"x must be one image [C, H, W]; got shape {tuple(x.shape)}")
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
 
         device = model_device(self.base_classifier)
         dtype = next((p.dtype for p in self.base_classifier.parameters() if p.is_floating_point()), x.dtype)
@@ -320,7 +320,7 @@ def run_certify(
     smooth = Smooth(model, num_classes, cfg.sigma)
 
     def compute(r: Any) -> CertifyResult:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
 
         rows: list[dict[str, Any]] = []
         state = r.load_checkpoint() if r is not None else None

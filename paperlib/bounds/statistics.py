@@ -146,7 +146,7 @@ def image_statistics(
         raise ConfigError(f"batch_size={batch_size!r} must be a positive integer")
     if x.shape[0] != y.shape[0]:
         raise ConfigError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
 
     device = model_device(model)
     dtype = _model_dtype(model, x.dtype)

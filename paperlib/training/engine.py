@@ -489,7 +489,7 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
         steps = 0
         bar = None
         if progress and env.is_main:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
 
             bar = tqdm(total=len(loader), desc=f"{run.name} epoch {epoch + 1}/{n_epochs}", leave=False,
                        dynamic_ncols=True)
