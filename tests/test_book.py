@@ -89,3 +89,17 @@ def test_intro_renders_math_offline_and_its_links_resolve(built_book, chromium, 
     assert not broken_links(page, parsed.hrefs), broken_links(page, parsed.hrefs)
     png = screenshot(page, tmp_path / "intro.png")
     assert png.stat().st_size > 20_000  # a real rendering, not a blank page
+
+
+def test_every_page_renders_math_and_has_no_broken_links(built_book, chromium, tmp_path):
+    pages = sorted((built_book / "book").glob("*.html"))
+    assert len(pages) >= 7
+    for page in pages:
+        parsed = parse(rendered_dom(page))
+        leftover = raw_tex_left("".join(parsed.text))
+        assert not leftover, f"raw TeX left in {page.name}: {leftover}"
+        assert not broken_links(page, parsed.hrefs), f"{page.name}: {broken_links(page, parsed.hrefs)}"
+        source = REPO / "book" / (page.stem + ".ipynb")
+        if source.exists() and '"image/png"' in source.read_text():
+            assert parsed.tags.get("img", 0) >= 1, f"{page.name} lost its figures"
+    screenshot(built_book / "book" / "prop_3_2_finite_differences.html", tmp_path / "prop_3_2.png")
