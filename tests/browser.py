@@ -94,6 +94,7 @@ def raw_tex_left(text: str) -> list[str]:
 def broken_links(page: Path, hrefs: list[str]) -> list[str]:
     """Relative links of ``page`` whose file (or #anchor in it) does not exist."""
     broken = []
+    ids: dict[Path, set[str]] = {}  # each target page parsed once (the API page links to itself hundreds of times)
     for href in hrefs:
         if re.match(r"^[a-z]+:", href) or href.startswith("//"):
             continue  # external (the build is offline: checked elsewhere that none are needed)
@@ -104,6 +105,8 @@ def broken_links(page: Path, hrefs: list[str]) -> list[str]:
             broken.append(href)
             continue
         if frag and target.suffix == ".html":
-            if frag not in parse(target.read_text(encoding="utf-8")).ids:
+            if target not in ids:
+                ids[target] = parse(target.read_text(encoding="utf-8")).ids
+            if frag not in ids[target]:
                 broken.append(href)
     return broken
