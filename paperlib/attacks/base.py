@@ -22,11 +22,10 @@ returning logits ``[B, K]``. The contract, enforced here once for all attacks:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -142,16 +141,7 @@ class ImageNoise:
 # --------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode; restore each one's previous mode on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.train(mode)
+from paperlib.models import eval_mode  # noqa: E402  (shared with the other areas)
 
 
 def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:

@@ -16,9 +16,8 @@ result beyond floating-point reassociation.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import nn
@@ -50,16 +49,7 @@ def dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.norm(p=2, dim=1) if dual_norm_name(norm) == "l2" else flat.abs().sum(dim=1)
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode inside the block and restore each submodule's previous mode after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
+from paperlib.models import eval_mode  # noqa: E402  (shared with the other areas)
 
 
 def model_device(model: nn.Module) -> torch.device:

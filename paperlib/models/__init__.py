@@ -10,7 +10,8 @@ book's closed-form examples). Register more with :func:`register_model`.
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from paperlib.models.resnext import ResNeXt34
 
 __all__ = ["build_model", "register_model", "model_names", "Normalize", "FashionCNN", "ResNeXt34", "LinearModel",
            "count_parameters",
-           "architecture_fingerprint"]
+           "architecture_fingerprint", "eval_mode"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -67,6 +68,19 @@ def architecture_fingerprint(model: nn.Module) -> str:
     shapes = [f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items()]
     text = repr(model) + "\n" + "\n".join(shapes)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode inside the block; restore each one's previous mode after
+    (attacks and bounds evaluate a model without changing how the caller left it)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def count_parameters(model: nn.Module) -> int:
