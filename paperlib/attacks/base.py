@@ -30,6 +30,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from paperlib.models import eval_mode
 from paperlib.config import ConfigError, normalize_norm
 
 __all__ = [
@@ -141,7 +142,6 @@ class ImageNoise:
 # --------------------------------------------------------------------------------------------------
 
 
-from paperlib.models import eval_mode  # noqa: E402  (shared with the other areas)
 
 
 def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from paperlib.models import eval_mode
 from paperlib.config import ConfigError, normalize_norm
 from paperlib.losses import MARGIN_L0, margin_loss
 
@@ -49,7 +50,6 @@ def dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.norm(p=2, dim=1) if dual_norm_name(norm) == "l2" else flat.abs().sum(dim=1)
 
 
-from paperlib.models import eval_mode  # noqa: E402  (shared with the other areas)
 
 
 def model_device(model: nn.Module) -> torch.device:
