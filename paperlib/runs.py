@@ -243,12 +243,7 @@ class Run:
         if stored is not None and stored.get("hash") != self.hash:
             if not force:
                 raise StaleRunError(self._stale_message(stored))
-            aside = self.path.with_name(f"{self.path.name}.stale-{stored.get('hash', 'unknown')}")
-            n = 1
-            while aside.exists():
-                aside = self.path.with_name(f"{self.path.name}.stale-{stored.get('hash', 'unknown')}-{n}")
-                n += 1
-            self.path.rename(aside)
+            _move_aside(self.path, f"stale-{stored.get('hash', 'unknown')}")
             stored = None
         if stored is None:
             record = {
@@ -378,6 +373,17 @@ class Run:
             f.write(f"{stamp} {message}\n")
 
 
+def _move_aside(path: Path, tag: str) -> Path:
+    """Rename a run directory to ``<name>.<tag>`` (``-1``, ``-2``, ... if taken): nothing is ever deleted."""
+    aside = path.with_name(f"{path.name}.{tag}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.{tag}-{n}")
+        n += 1
+    path.rename(aside)
+    return aside
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -457,12 +463,7 @@ def load_or_run(run: Run, fn: Callable[[Run], Mapping[str, Any] | None], *, forc
     if status == "finished" and not force:
         return run
     if status == "finished" and force:
-        aside = run.path.with_name(f"{run.path.name}.old-{run.hash}")
-        n = 1
-        while aside.exists():
-            aside = run.path.with_name(f"{run.path.name}.old-{run.hash}-{n}")
-            n += 1
-        run.path.rename(aside)
+        _move_aside(run.path, f"old-{run.hash}")
     run.start(force=force)
     metrics = fn(run)
     run.finish(metrics)
