@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from paperlib.config import ConfigError, check_choice, get_profile
 
-__all__ = ["grid", "evaluation_configs", "reproduce", "add_parser", "STAGES", "SMOOTHING_MODELS"]
+__all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "add_parser", "STAGES", "SMOOTHING_MODELS"]
 
 STAGES = ("train", "attack", "bound", "certify")
 SMOOTHING_MODELS = ("undefended", "fd-l2-lam1")
@@ -72,10 +72,14 @@ _EVAL = {
         "bound": dict(omega_samples=4, grid_size=6),
         "certify": dict(sigma=0.25, n0=20, n=200, batch_size=200),
     },
+    # Fashion-MNIST on a 2-core CPU: the profile's 100 images per model (the paper: 1000) and budgets cut so
+    # that the 17-model grid fits about two hours; the convergence check (doubled budgets on 20 images) says
+    # whether they are enough, and the book reports it model by model.
     "fmnist": {
-        "attack": dict(cw_steps=300, boundary_steps=3000, logbarrier_inner=100, convergence_n=50),
+        "attack": dict(batch_size=50, pgd_steps=20, pgd_search_steps=12, cw_steps=200, cw_binary_search_steps=4,
+                       boundary_steps=1500, logbarrier_outer=10, logbarrier_inner=60, convergence_n=20),
         "bound": dict(),
-        "certify": dict(sigma=0.25, n0=100, n=2000, batch_size=1000, n_images=100),
+        "certify": dict(sigma=0.25, n0=100, n=2000, batch_size=1000),
     },
     "cifar10": {"attack": dict(), "bound": dict(), "certify": dict(sigma=0.25, n_images=500)},
     "imagenet": {"attack": dict(), "bound": dict(top_k=5), "certify": dict(sigma=0.25, n_images=500)},
@@ -93,7 +97,7 @@ def evaluation_configs(profile: str) -> dict[str, Any]:
     n, bs = prof.n_images, prof.eval_batch_size
     certify = {"n_images": n, "batch_size": bs, **budgets["certify"]}
     return {
-        "attack": AttackConfig(n_images=n, batch_size=min(bs, n), **budgets["attack"]),
+        "attack": AttackConfig(**{"n_images": n, "batch_size": min(bs, n), **budgets["attack"]}),
         "bound-l2": BoundConfig(norm="l2", n_images=n, batch_size=bs, **budgets["bound"]),
         "bound-linf": BoundConfig(norm="linf", n_images=n, batch_size=bs, **budgets["bound"]),
         "certify": CertifyConfig(**certify),
@@ -142,39 +146,57 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
     start = time.perf_counter()
     for i, key in enumerate(keys, 1):
         cfg = configs[key]
-        run = _timed(times, "train", train, cfg, store, progress=progress) if "train" in stages else \
-            store.run(cfg.profile, _run_name(cfg), cfg)
+        computed: dict[str, float] = {}  # seconds of the stages that did work now (not loaded)
+        if "train" in stages:
+            was = store.run(cfg.profile, _run_name(cfg), cfg).is_finished()
+            t0 = time.perf_counter()
+            run = _timed(times, "train", train, cfg, store, progress=progress)
+            if not was:
+                computed["train"] = time.perf_counter() - t0
+        else:
+            run = store.run(cfg.profile, _run_name(cfg), cfg)
         runs[key] = str(run.path)
         if run.status != "finished":
             log(f"[{i}/{len(keys)}] {key}: not trained (run the 'train' stage); skipped")
             continue
         log(f"[{i}/{len(keys)}] {key}: trained ({run.path})")
         if not set(stages) & {"attack", "bound", "certify"}:
+            _record_timing(store.root / profile, key, computed)
             continue
         model, tcfg = load_trained(run)
         if images is None:
             images = sample_images(load_dataset(tcfg.dataset, "test"), evals["attack"].n_images,
                                    evals["attack"].seed)
         x, y, idx = images
+
+        def timed_stage(stage, sub, fn, *args, **kwargs):
+            was = sub.is_finished()
+            t0 = time.perf_counter()
+            out = _timed(times, stage, fn, *args, sub, **kwargs)
+            if not was:
+                computed[stage] = computed.get(stage, 0.0) + time.perf_counter() - t0
+            return out
+
         if "attack" in stages:
             acfg = evals["attack"]
-            suite = _timed(times, "attack", attack_model, model, x, y, idx, acfg,
-                           run.subrun(attack_run_name(acfg), acfg), progress=progress)
+            suite = timed_stage("attack", run.subrun(attack_run_name(acfg), acfg), attack_model, model, x, y, idx,
+                                acfg, progress=progress)
             failed = [c[0] for c in suite.checks if not c[1]]
             log(f"    attacks done; checks {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
         if "bound" in stages:
             for norm in ("l2", "linf"):
                 bcfg = evals[f"bound-{norm}"]
-                _timed(times, "bound", run_bounds, model, x[:bcfg.n_images], y[:bcfg.n_images],
-                       idx[:bcfg.n_images], bcfg, run.subrun(f"bounds-{norm}", bcfg), progress=progress)
+                timed_stage("bound", run.subrun(f"bounds-{norm}", bcfg), run_bounds, model, x[:bcfg.n_images],
+                            y[:bcfg.n_images], idx[:bcfg.n_images], bcfg, progress=progress)
             log("    bounds done (l2, linf)")
         if "certify" in stages and key in SMOOTHING_MODELS:
             ccfg = evals["certify"]
             n = ccfg.n_images
-            _timed(times, "certify", run_certify, model, x[:n], y[:n], idx[:n], ccfg,
-                   run.subrun(f"certify-sigma{ccfg.sigma:g}", ccfg),
-                   num_classes=dataset_info(tcfg.dataset).num_classes, progress=progress)
+            timed_stage("certify", run.subrun(f"certify-sigma{ccfg.sigma:g}", ccfg), run_certify, model, x[:n],
+                        y[:n], idx[:n], ccfg, num_classes=dataset_info(tcfg.dataset).num_classes,
+                        progress=progress)
             log(f"    smoothing certificates done (sigma {ccfg.sigma:g})")
+        _record_timing(store.root / profile, key, computed)
     times["total"] = time.perf_counter() - start
     report = {"profile": profile, "stages": list(stages), "models": keys, "seconds": times, "runs": runs}
     import json
@@ -185,6 +207,31 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
     log("wall time per stage (this invocation; finished runs load in seconds): "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
     return report
+
+
+def _record_timing(root: Path, key: str, computed: dict[str, float]) -> None:
+    """Add the seconds of the stages computed now to ``<root>/timings/<key>.json`` (loaded stages keep the
+    seconds of the invocation that computed them)."""
+    import json
+
+    from paperlib.runs import atomic_write_text
+
+    if not computed:
+        return
+    path = root / "timings" / f"{key}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update({k: round(v, 1) for k, v in computed.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(old, indent=2, sort_keys=True) + "\n")
+
+
+def stage_seconds(profile_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Per-model seconds of each stage as :func:`reproduce` measured them when it computed them:
+    ``{key: {'train': s, 'attack': s, ...}}`` from ``<profile_dir>/timings/``."""
+    import json
+
+    d = Path(profile_dir) / "timings"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
 
 
 def _run_name(cfg) -> str:

@@ -5,7 +5,7 @@ import pytest
 import paperlib
 import paperlib.training
 from paperlib.config import ConfigError
-from paperlib.reproduce import evaluation_configs, grid, reproduce
+from paperlib.reproduce import evaluation_configs, grid, reproduce, stage_seconds
 from paperlib.report.paper import ROW_KEYS, TABLEB4
 from tests.conftest import requires_fmnist
 
@@ -25,7 +25,8 @@ def test_grid_is_the_papers_grid():
 
 def test_evaluation_configs_follow_the_profile():
     ev = evaluation_configs("fmnist")
-    assert ev["attack"].n_images == ev["bound-l2"].n_images == 1000
+    assert ev["attack"].n_images == ev["bound-l2"].n_images == ev["certify"].n_images == 100
+    assert evaluation_configs("cifar10")["attack"].n_images == 1000  # the paper's count at paper scale
     assert ev["bound-linf"].norm == "linf"
 
 
@@ -39,8 +40,11 @@ def test_reproduce_smoke_is_resumable(tmp_path):
     assert (run / "FINISHED.json").exists() and (run / "bounds-l2" / "FINISHED.json").exists()
     assert (run / "certify-sigma0.25" / "FINISHED.json").exists()
     assert json.loads((tmp_path / "smoke" / "reproduce.json").read_text())["seconds"]["total"] > 0
+    first = stage_seconds(tmp_path / "smoke")["undefended"]
+    assert set(first) == {"train", "bound", "certify"} and min(first.values()) > 0
     again = reproduce("smoke", tmp_path, stages=stages, only=["undefended"], progress=False, log=lines.append)
     assert again["seconds"]["total"] < report["seconds"]["total"]  # everything loads
+    assert stage_seconds(tmp_path / "smoke")["undefended"] == first  # loading keeps the computed seconds
 
 
 def test_reproduce_rejects_unknown_stage_and_model(tmp_path):
