@@ -170,6 +170,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per method before the rounds")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--h", type=float, default=0.01)
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="also write the table as JSON (the book's performance chapter reads "
+                         "runs/fmnist/benchmarks/training.json)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -255,6 +258,24 @@ def main(argv=None) -> int:
                                                                   for k, lab in labels.items() if k in r))
         parts, total = next((ms, ratio) for n, k, ms, ratio, *_ in rows if n == name and k == "__breakdown__")
         print(f"  FD step split: " + ", ".join(f"{p} {100 * v / total:.0f}%" for p, v in parts.items()))
+    if args.json:
+        import datetime
+        import json
+
+        from paperlib.runs import atomic_write_text
+
+        record = {
+            "machine": where, "torch": torch.__version__, "batch_size": args.batch_size, "rounds": args.rounds,
+            "steps": args.steps, "lam": args.lam, "h": args.h, "free_m": args.free_m,
+            "date": datetime.date.today().isoformat(),
+            "rows": [dict(model=n, method=k, ms_per_step=ms, x_standard=ratio, peak_mib=mib, mem_x_standard=mr)
+                     for n, k, ms, ratio, mib, mr in rows if k != "__breakdown__"],
+            "fd_split": {n: {p: v / total for p, v in parts.items()}
+                         for n, k, parts, total, *_ in rows if k == "__breakdown__"},
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -41,7 +41,7 @@ import torch
 from paperlib.config import ConfigError, config_hash, config_to_dict
 
 __all__ = ["RunStore", "Run", "StaleRunError", "RunCorruptError", "load_or_run", "environment_info",
-           "atomic_write_bytes", "atomic_write_text"]
+           "atomic_write_bytes", "atomic_write_text", "default_runs_dir"]
 
 FINISHED = "FINISHED.json"
 CONFIG = "config.json"
@@ -59,6 +59,19 @@ class RunCorruptError(ConfigError):
 # --------------------------------------------------------------------------------------------------
 # Atomic file writes
 # --------------------------------------------------------------------------------------------------
+
+
+def default_runs_dir() -> Path:
+    """Where results live unless told otherwise: ``$PAPERLIB_RUNS`` if set; else the ``runs/`` folder of the
+    checkout paperlib was installed from (editable install: the committed ``runs/fmnist`` the book reads); else
+    ``./runs``. Notebooks use it so they find the same runs whatever directory they execute in."""
+    env = os.environ.get("PAPERLIB_RUNS")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").exists() and (checkout / "runs").is_dir():
+        return checkout / "runs"
+    return Path("runs")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -1,0 +1,342 @@
+"""This project's numbers for the paper's tables and figures, read from a profile's grid of finished runs.
+
+:func:`load_grid` reads what ``paperlib reproduce --profile <p>`` wrote (training runs and their attack, bounds
+and certification sub-runs) into one :class:`ModelResults` per grid key. The table functions turn it into
+frames with the paper's columns (:mod:`paperlib.report.paper`), and :func:`side_by_side` puts the paper's numbers
+and ours next to each other for the book's table pages:
+
+>>> grid = load_grid("fmnist")                    # doctest: +SKIP
+>>> side_by_side("1", table1(grid))               # doctest: +SKIP
+
+Conventions (the paper's, see section 4): errors in percent; clean error on the whole test set; empirical and
+bound errors on the profile's seeded image sample (images a model misclassifies count as errors at every
+radius); mean distances over that sample with clean errors at distance 0; linf radii named in units of 1/255
+(``emp_err_8`` is the empirical error at eps = 8/255). A model or stage that has not run yet gives NaN cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from paperlib.config import check_choice
+from paperlib.report import paper
+
+__all__ = [
+    "ModelResults", "load_grid", "table1", "table2", "tableB3", "tableB4", "tableB5", "tableB6", "our_table",
+    "side_by_side", "fmt", "run_ids", "error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
+]
+
+#: linf radii reported, in units of 1/255: the paper's 2 and 8, plus 16 and 32 for Fashion-MNIST, whose
+#: undefended models are broken at about 8/255 (median) so that the paper's radii alone hide the differences
+#: between defended models.
+LINF_EPS: tuple[float, ...] = (2, 8, 16, 32)
+
+#: The models of each panel of Figure 1 (linf: AT and squared-l1 penalties; l2: AT and squared-l2 penalties).
+FIGURE1_MODELS: dict[str, tuple[str, ...]] = {
+    "linf": ("undefended", "pgd-at-2", "pgd-at-8", "free-at-8", "dbp-l1-lam1", "fd-l1-lam0.1", "fd-l1-lam1-h0.1"),
+    "l2": ("undefended", "pgd-at-2", "pgd-at-8", "free-at-8", "dbp-l2-lam1", "fd-l2-lam0.1", "fd-l2-lam1"),
+}
+
+
+@dataclass
+class ModelResults:
+    """Everything the grid produced for one model (missing stages are None / absent).
+
+    Attributes:
+        key: the grid key (a row key of :mod:`paperlib.report.paper`, or an h-study key like ``h=1e-3``).
+        path: the training run's directory.
+        run_id: ``<profile>/<run name>``, the run's address inside the run store.
+        config: the resolved :class:`~paperlib.training.TrainConfig`.
+        metrics: the training run's ``metrics.json`` (clean error on the whole test set, train hours, ...).
+        log: the per-epoch ``train_log.csv``.
+        suite: the attack suite (:class:`~paperlib.attacks.suite.SuiteResult`) or None.
+        bounds: ``{'l2': BoundsResult, 'linf': BoundsResult}`` for the norms that ran.
+        certify: the randomized-smoothing :class:`~paperlib.bounds.smoothing.CertifyResult` or None.
+        seconds: wall seconds per stage as ``paperlib reproduce`` measured them (``timings/<key>.json``).
+    """
+
+    key: str
+    path: Path
+    run_id: str
+    config: Any
+    metrics: dict[str, Any]
+    log: pd.DataFrame
+    suite: Any = None
+    bounds: dict[str, Any] = field(default_factory=dict)
+    certify: Any = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> dict[str, ModelResults]:
+    """Load every finished model of ``profile``'s grid and its finished evaluation stages.
+
+    Models that are not trained yet are left out; stages that have not run are None. Nothing is computed.
+    """
+    from paperlib.attacks.suite import attack_run_name, load_suite
+    from paperlib.bounds import load_bounds, load_certify
+    from paperlib.reproduce import SMOOTHING_MODELS, evaluation_configs, grid, stage_seconds
+    from paperlib.runs import RunStore, default_runs_dir
+    from paperlib.training import run_name
+
+    store = RunStore(runs_dir if runs_dir is not None else default_runs_dir())
+    evals = evaluation_configs(profile)
+    seconds = stage_seconds(store.root / profile)
+    out: dict[str, ModelResults] = {}
+    for key, cfg in grid(profile).items():
+        run = store.run(cfg.profile, run_name(cfg), cfg)
+        if not run.is_finished():
+            continue
+        res = ModelResults(key=key, path=run.path, run_id=f"{cfg.profile}/{run.path.name}", config=cfg,
+                           metrics=run.read_json("metrics.json"), log=run.read_table("train_log.csv"),
+                           seconds=seconds.get(key, {}))
+        sub = run.subrun(attack_run_name(evals["attack"]), evals["attack"])
+        if sub.is_finished():
+            res.suite = load_suite(sub)
+        for norm in ("l2", "linf"):
+            sub = run.subrun(f"bounds-{norm}", evals[f"bound-{norm}"])
+            if sub.is_finished():
+                res.bounds[norm] = load_bounds(sub)
+        ccfg = evals["certify"]
+        sub = run.subrun(f"certify-sigma{ccfg.sigma:g}", ccfg)
+        if key in SMOOTHING_MODELS and sub.is_finished():
+            res.certify = load_certify(sub)
+        out[key] = res
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------------------------------
+
+_NAN = float("nan")
+
+
+def _best(m: ModelResults, norm: str) -> np.ndarray | None:
+    if m.suite is None:
+        return None
+    b = m.suite.best
+    return b.loc[b["norm"] == norm, "best"].to_numpy(dtype=float)
+
+
+def _emp_err(m: ModelResults, norm: str, eps: float) -> float:
+    best = _best(m, norm)
+    return _NAN if best is None or best.size == 0 else float(100.0 * np.mean(best <= eps + 1e-12))
+
+
+def _bound_err(m: ModelResults, norm: str, radius: float, column: str = "omega_distance") -> float:
+    """Certified % error at ``radius`` by a bound column of ``bounds.csv`` (misclassified = error)."""
+    from paperlib.bounds.lipschitz import certified_error
+
+    b = m.bounds.get(norm)
+    if b is None:
+        return _NAN
+    t = b.table
+    return certified_error(t[column].to_numpy(), t["correct"].to_numpy(bool), [radius])[float(radius)]
+
+
+def _train_hours(m: ModelResults) -> float:
+    return float(m.metrics.get("train_hours", _NAN))
+
+
+def _linf_col(prefix: str, e: float) -> str:
+    return f"{prefix}_{e:g}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables (our numbers in the paper's columns)
+# --------------------------------------------------------------------------------------------------
+
+
+def _frame(rows: dict[str, dict[str, float]], keys: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    df = pd.DataFrame([[rows.get(k, {}).get(c, _NAN) for c in columns] for k in keys], index=list(keys),
+                      columns=list(columns), dtype=float)
+    df.index.name = "row"
+    return df
+
+
+def _keys(table: str) -> list[str]:
+    """The paper's rows of ``table`` that a CPU profile can have (no ImageNet rows)."""
+    return [k for k in paper.TABLES[table][1] if not k.startswith("imagenet") and not k.startswith(("cohen", "salman"))]
+
+
+def table1(grid: dict[str, ModelResults], eps255: Sequence[float] = LINF_EPS) -> pd.DataFrame:
+    """Table 1 (linf): clean error, omega-bound and empirical % error at each eps (in 1/255), train hours."""
+    cols = (["clean_error"] + [_linf_col("omega_err", e) for e in eps255] + [_linf_col("emp_err", e) for e in eps255]
+            + ["train_hours"])
+    rows = {}
+    for k, m in grid.items():
+        r = {"clean_error": float(m.metrics["clean_error_pct"]), "train_hours": _train_hours(m)}
+        for e in eps255:
+            r[_linf_col("omega_err", e)] = _bound_err(m, "linf", e / 255)
+            r[_linf_col("emp_err", e)] = _emp_err(m, "linf", e / 255)
+        rows[k] = r
+    return _frame(rows, _keys("1"), cols)
+
+
+def table2(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """Table 2 (l2): clean error, mean distance by the L-bound, the omega-bound and the best attack; hours."""
+    rows = {}
+    for k, m in grid.items():
+        b = m.bounds.get("l2")
+        best = _best(m, "l2")
+        rows[k] = {
+            "clean_error": float(m.metrics["clean_error_pct"]),
+            "mean_L_bound": float(b.table["l_bound"].mean()) if b is not None else _NAN,
+            "mean_omega_bound": float(b.table["omega_distance"].mean()) if b is not None else _NAN,
+            "mean_empirical": float(np.mean(best[np.isfinite(best)])) if best is not None and best.size else _NAN,
+            "train_hours": _train_hours(m),
+        }
+    return _frame(rows, _keys("2"), paper.TABLE2_COLUMNS)
+
+
+def tableB3(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """Table B.3: mean and max l2 gradient norm of the margin loss, omega(0.5) and omega(1.0) (l2)."""
+    rows = {}
+    for k, m in grid.items():
+        b = m.bounds.get("l2")
+        if b is None:
+            continue
+        om = b.omega()
+        rows[k] = {"grad_mean": float(b.table["grad_norm_l2"].mean()), "grad_max": float(b.table["grad_norm_l2"].max()),
+                   "omega_0.5": om.get(0.5, _NAN), "omega_1.0": om.get(1.0, _NAN)}
+    return _frame(rows, _keys("B.3"), paper.TABLEB3_COLUMNS)
+
+
+def tableB4(grid: dict[str, ModelResults], eps255: Sequence[float] = LINF_EPS) -> pd.DataFrame:
+    """Table B.4 (the h study, squared l1, lam 1): clean error and empirical linf % error per eps."""
+    cols = ["clean_error"] + [_linf_col("emp_err", e) for e in eps255]
+    alias = {"h=0.1": "fd-l1-lam1-h0.1"}
+    rows = {}
+    for row in paper.TABLEB4:
+        m = grid.get(alias.get(row, row))
+        if m is None:
+            continue
+        rows[row] = {"clean_error": float(m.metrics["clean_error_pct"]),
+                     **{_linf_col("emp_err", e): _emp_err(m, "linf", e / 255) for e in eps255}}
+    return _frame(rows, list(paper.TABLEB4), cols)
+
+
+def tableB5(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """Table B.5: randomized-smoothing certified % error at the paper's l2 radii."""
+    from paperlib.bounds.lipschitz import certified_error
+
+    radii = paper.TABLEB5_RADII
+    rows = {}
+    for k, m in grid.items():
+        if m.certify is None:
+            continue
+        t = m.certify.table
+        errs = certified_error(t["radius"].to_numpy(), t["correct"].to_numpy(bool), radii)
+        rows[k] = {f"r={r}": errs[float(r)] for r in radii}
+    return _frame(rows, _keys("B.5"), [f"r={r}" for r in radii])
+
+
+def tableB6(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """Table B.6: omega-bound certified % error at the paper's l2 radii."""
+    radii = paper.TABLEB6_RADII
+    rows = {k: {f"r={r}": _bound_err(m, "l2", r) for r in radii} for k, m in grid.items()}
+    return _frame(rows, _keys("B.6"), [f"r={r}" for r in radii])
+
+
+_TABLES = {"1": table1, "2": table2, "B.3": tableB3, "B.4": tableB4, "B.5": tableB5, "B.6": tableB6}
+
+
+def our_table(name: str, grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """This project's table ``name`` ('1', '2', 'B.3', 'B.4', 'B.5', 'B.6') from ``grid``."""
+    check_choice("table", name, _TABLES)
+    return _TABLES[name](grid)
+
+
+def side_by_side(name: str, ours: pd.DataFrame, *, ours_label: str = "ours", paper_label: str = "paper",
+                 rows: str = "paper") -> pd.DataFrame:
+    """The paper's table ``name`` and ``ours`` in one frame: columns ``(column, paper_label | ours_label)``.
+
+    Rows are the paper's (labels as printed, ImageNet rows left out) plus rows only we have (``rows='all'``).
+    A column only one side has (e.g. our extra linf radii) shows NaN on the other side.
+    """
+    theirs = paper.paper_table(name)
+    theirs = theirs.loc[[k for k in theirs.index if not k.startswith("imagenet")]]
+    keys = list(theirs.index) + ([k for k in ours.index if k not in theirs.index] if rows == "all" else [])
+    cols = list(dict.fromkeys(list(theirs.columns) + list(ours.columns)))
+    data = {}
+    for c in cols:
+        data[(c, paper_label)] = [theirs[c].get(k, _NAN) if c in theirs else _NAN for k in keys]
+        data[(c, ours_label)] = [ours[c].get(k, _NAN) if c in ours else _NAN for k in keys]
+    df = pd.DataFrame(data, index=[paper.ROW_KEYS.get(k, k) for k in keys])
+    df.columns = pd.MultiIndex.from_tuples(df.columns)
+    df.index.name = "model"
+    return df
+
+
+def fmt(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """``df`` rounded to ``digits`` with missing cells shown as an en dash (for the book's tables)."""
+    rounded = df.round(digits)
+    return rounded.astype(object).where(rounded.notna(), "\u2013")
+
+
+def run_ids(grid: dict[str, ModelResults], keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """Which run each row comes from: grid key, run id, attack/bounds/certify sub-run names, images."""
+    rows = []
+    for k in keys if keys is not None else grid:
+        m = grid.get(k)
+        if m is None:
+            continue
+        subs = sorted(p.name for p in m.path.iterdir() if p.is_dir() and (p / "FINISHED.json").exists())
+        n = int(m.suite.best["image"].nunique()) if m.suite is not None else 0
+        rows.append({"row": k, "run": m.run_id, "sub-runs": ", ".join(subs), "attacked images": n})
+    return pd.DataFrame(rows).set_index("row") if rows else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+
+
+def error_curves(grid: dict[str, ModelResults], norm: str, keys: Sequence[str], eps: Sequence[float]) -> pd.DataFrame:
+    """Empirical % error against eps for ``keys`` in ``norm``: one column per model, index eps."""
+    from paperlib.attacks.suite import error_curve
+
+    data = {}
+    for k in keys:
+        best = _best(grid[k], norm) if k in grid else None
+        if best is not None and best.size:
+            data[k] = error_curve(best, eps)["error_pct"].to_numpy()
+    return pd.DataFrame(data, index=pd.Index(np.asarray(eps, dtype=float), name="eps"))
+
+
+def figure1(grid: dict[str, ModelResults], *, dataset: str = "Fashion-MNIST"):
+    """Figure 1's two panels: empirical % error against the attack size in linf and l2, for the undefended,
+    adversarially trained and gradient-regularized models; the paper's CIFAR-10 Table 1 points (linf, 2/255 and
+    8/255) as open markers. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    grids = {"linf": np.linspace(0, 48 / 255, 97), "l2": np.linspace(0, 3.0, 121)}
+    for ax, norm in zip(axes, ("linf", "l2")):
+        curves = error_curves(grid, norm, FIGURE1_MODELS[norm], grids[norm])
+        for i, k in enumerate(curves.columns):
+            color = f"C{i}"
+            x = curves.index.to_numpy() * (255 if norm == "linf" else 1)
+            ax.plot(x, curves[k], color=color, label=paper.ROW_KEYS.get(k, k), lw=1.8)
+            if norm == "linf" and k in paper.TABLE1:
+                p = paper.TABLE1[k]
+                ax.plot([2, 8], [p[3], p[4]], "o", mfc="none", color=color, ms=7)
+        if norm == "linf":
+            ax.plot([], [], "o", mfc="none", color="gray", label="paper, CIFAR-10 (Table 1)")
+            ax.set_xlabel("perturbation size eps, linf (units of 1/255)")
+            for e in (2, 8):
+                ax.axvline(e, color="0.85", lw=0.8, zorder=0)
+        else:
+            ax.set_xlabel("perturbation size eps, l2 (pixel scale [0, 1])")
+        ax.set_ylabel("% test error under attack (best of the suite)")
+        ax.set_title(f"{dataset}: attacks in {'l-infinity' if norm == 'linf' else 'l2'}")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5, loc="lower right")
+    fig.tight_layout()
+    return fig

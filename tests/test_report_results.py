@@ -1,0 +1,95 @@
+"""The book's table and figure numbers: read back from a (tiny) grid and checked against the raw run files."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from paperlib.attacks.suite import empirical_error
+from paperlib.report import paper, results
+from tests.conftest import requires_fmnist
+
+KEYS = ["undefended", "fd-l2-lam1"]
+
+
+@pytest.fixture(scope="module")
+def smoke_grid(tmp_path_factory):
+    """Two smoke models through every stage, with a PGD-only attack suite so that this takes seconds."""
+    import paperlib.reproduce as rep
+
+    mp = pytest.MonkeyPatch()
+    budgets = dict(rep._EVAL["smoke"]["attack"], attacks=("pgd",), pgd_steps=5, pgd_search_steps=4)
+    mp.setitem(rep._EVAL["smoke"], "attack", budgets)
+    root = tmp_path_factory.mktemp("runs")
+    rep.reproduce("smoke", root, only=KEYS, progress=False, log=lambda *a: None)
+    yield results.load_grid("smoke", root), root
+    mp.undo()
+
+
+@requires_fmnist
+def test_load_grid_reads_every_stage(smoke_grid):
+    grid, root = smoke_grid
+    assert list(grid) == KEYS
+    und = grid["undefended"]
+    assert und.run_id == "smoke/undefended" and und.suite is not None and set(und.bounds) == {"l2", "linf"}
+    assert und.certify is not None and grid["fd-l2-lam1"].certify is not None
+    assert und.seconds["train"] > 0 and len(und.log) == 1
+    assert results.load_grid("smoke", root / "elsewhere") == {}  # nothing there: nothing loaded, nothing run
+
+
+@requires_fmnist
+def test_table_cells_follow_the_run_files(smoke_grid):
+    grid, _ = smoke_grid
+    t1 = results.table1(grid)
+    assert list(t1.index) == [k for k in paper.TABLE1 if not k.startswith("imagenet")]
+    best = grid["undefended"].suite.best
+    for e in results.LINF_EPS:
+        assert t1.loc["undefended", f"emp_err_{e:g}"] == pytest.approx(empirical_error(best, e / 255, "linf"))
+    assert t1.loc["undefended", "clean_error"] == grid["undefended"].metrics["clean_error_pct"]
+    assert t1.loc["pgd-at-2"].isna().all()  # not in this grid
+    b5 = results.tableB5(grid)
+    cert = grid["fd-l2-lam1"].certify.metrics
+    for r in paper.TABLEB5_RADII:
+        assert b5.loc["fd-l2-lam1", f"r={r}"] == pytest.approx(cert[f"certified_error@{r:g}"])
+    b6 = results.tableB6(grid)
+    bounds = grid["fd-l2-lam1"].bounds["l2"].metrics
+    assert b6.loc["fd-l2-lam1", "r=0.5"] == pytest.approx(bounds["omega_bound_error@0.5"])
+    t2 = results.table2(grid)
+    assert t2.loc["fd-l2-lam1", "mean_omega_bound"] == pytest.approx(bounds["mean_omega_distance"])
+    b3 = results.tableB3(grid)
+    assert b3.loc["undefended", "grad_max"] >= b3.loc["undefended", "grad_mean"] > 0
+
+
+@requires_fmnist
+def test_side_by_side_pairs_the_papers_cells_with_ours(smoke_grid):
+    grid, _ = smoke_grid
+    df = results.side_by_side("2", results.table2(grid))
+    label = paper.ROW_KEYS["fd-l2-lam1"]
+    assert df.loc[label, ("mean_empirical", "paper")] == paper.TABLE2["fd-l2-lam1"][3]
+    assert df.loc[label, ("clean_error", "ours")] == grid["fd-l2-lam1"].metrics["clean_error_pct"]
+    assert not any(str(i).startswith("ImageNet") for i in df.index)
+    shown = results.fmt(df)
+    assert shown.loc[paper.ROW_KEYS["pgd-at-2"], ("clean_error", "ours")] == "\u2013"
+
+
+@requires_fmnist
+def test_figure1_draws_a_curve_per_present_model(smoke_grid):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    grid, _ = smoke_grid
+    curves = results.error_curves(grid, "l2", results.FIGURE1_MODELS["l2"], np.linspace(0, 3, 7))
+    assert list(curves.columns) == KEYS
+    assert (np.diff(curves.to_numpy(), axis=0) >= 0).all()  # error grows with eps
+    fig = results.figure1(grid)
+    assert len(fig.axes) == 2 and len(fig.axes[1].get_lines()) == 2
+
+
+def test_fmt_and_unknown_table():
+    df = pd.DataFrame({"a": [1.234, math.nan]})
+    assert results.fmt(df, 1)["a"].tolist() == [1.2, "\u2013"]
+    from paperlib.config import ConfigError
+
+    with pytest.raises(ConfigError, match="table='B.7'"):
+        results.our_table("B.7", {})
