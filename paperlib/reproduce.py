@@ -72,12 +72,12 @@ _EVAL = {
         "bound": dict(omega_samples=4, grid_size=6),
         "certify": dict(sigma=0.25, n0=20, n=200, batch_size=200),
     },
-    # Fashion-MNIST on a 2-core CPU: the profile's 100 images per model (the paper: 1000) and budgets cut so
-    # that the 17-model grid fits about two hours; the convergence check (doubled budgets on 20 images) says
+    # Fashion-MNIST on a 2-core CPU: the profile's 60 images per model (the paper: 1000) and budgets cut so
+    # that the 17-model grid fits about two hours; the convergence check (doubled budgets on 10 images) says
     # whether they are enough, and the book reports it model by model.
     "fmnist": {
-        "attack": dict(batch_size=50, pgd_steps=20, pgd_search_steps=12, cw_steps=200, cw_binary_search_steps=4,
-                       boundary_steps=1500, logbarrier_outer=10, logbarrier_inner=60, convergence_n=20),
+        "attack": dict(batch_size=30, pgd_steps=20, pgd_search_steps=12, cw_steps=200, cw_binary_search_steps=4,
+                       boundary_steps=1500, logbarrier_outer=10, logbarrier_inner=60, convergence_n=10),
         "bound": dict(),
         "certify": dict(sigma=0.25, n0=100, n=2000, batch_size=1000),
     },

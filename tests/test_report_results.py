@@ -93,3 +93,23 @@ def test_fmt_and_unknown_table():
 
     with pytest.raises(ConfigError, match="table='B.7'"):
         results.our_table("B.7", {})
+
+
+@requires_fmnist
+def test_claims_costs_and_audits_read_the_grid(smoke_grid):
+    grid, _ = smoke_grid
+    c = results.claims(grid)
+    assert {"gain-linf", "fd-vs-dbp-cost", "h-robust", "smoothing", "no-masking"} <= set(c.index)
+    assert c.loc["gain-l2", "paper"] == "0.12 \u2192 0.81"  # Table 2, undefended -> FD l2 lam 1
+    t2 = results.table2(grid)
+    assert c.loc["gain-l2", "ours"] == f"{t2.loc['undefended', 'mean_empirical']:.2f} \u2192 " \
+                                       f"{t2.loc['fd-l2-lam1', 'mean_empirical']:.2f}"
+    costs = results.training_costs(grid)
+    assert costs.loc["undefended", "x undefended"] == 1.0
+    assert costs.loc["fd-l2-lam1", "paper hours"] == paper.TABLE2["fd-l2-lam1"][-1]
+    assert set(results.stage_hours(grid).index) == {"train", "attack", "bound", "certify"}
+    audit = results.bound_audit(grid)
+    assert set(audit.index.get_level_values("norm")) == {"l2", "linf"}
+    assert ((audit["omega-bound violations %"] >= 0) & (audit["omega-bound violations %"] <= 100)).all()
+    checks = results.checks_table(grid)
+    assert "attacks_converged" in checks.columns and checks.dtypes.eq(bool).all()

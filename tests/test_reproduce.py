@@ -25,7 +25,7 @@ def test_grid_is_the_papers_grid():
 
 def test_evaluation_configs_follow_the_profile():
     ev = evaluation_configs("fmnist")
-    assert ev["attack"].n_images == ev["bound-l2"].n_images == ev["certify"].n_images == 100
+    assert ev["attack"].n_images == ev["bound-l2"].n_images == ev["certify"].n_images == 60
     assert evaluation_configs("cifar10")["attack"].n_images == 1000  # the paper's count at paper scale
     assert ev["bound-linf"].norm == "linf"
 

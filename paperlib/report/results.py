@@ -16,6 +16,7 @@ radius); mean distances over that sample with clean errors at distance 0; linf r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +29,7 @@ from paperlib.report import paper
 
 __all__ = [
     "ModelResults", "load_grid", "table1", "table2", "tableB3", "tableB4", "tableB5", "tableB6", "our_table",
-    "side_by_side", "fmt", "run_ids", "error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
+    "side_by_side", "fmt", "run_ids", "checks_table", "check_messages", "bound_audit", "claims", "training_costs", "attack_costs", "stage_hours", "error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
 ]
 
 #: linf radii reported, in units of 1/255: the paper's 2 and 8, plus 16 and 32 for Fashion-MNIST, whose
@@ -290,6 +291,206 @@ def run_ids(grid: dict[str, ModelResults], keys: Sequence[str] | None = None) ->
         n = int(m.suite.best["image"].nunique()) if m.suite is not None else 0
         rows.append({"row": k, "run": m.run_id, "sub-runs": ", ".join(subs), "attacked images": n})
     return pd.DataFrame(rows).set_index("row") if rows else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation quality: the attack suite's checks and the bounds' violations
+# --------------------------------------------------------------------------------------------------
+
+
+def checks_table(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """Each model's attack-suite checks (:mod:`paperlib.attacks.checks`): True where the check passed."""
+    rows = {k: {c[0]: bool(c[1]) for c in m.suite.checks} for k, m in grid.items() if m.suite is not None}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def check_messages(grid: dict[str, ModelResults], name: str) -> pd.Series:
+    """The message of check ``name`` for every model (e.g. the convergence check's measured change)."""
+    return pd.Series({k: next((c[2] for c in m.suite.checks if c[0] == name), "")
+                      for k, m in grid.items() if m.suite is not None}, name=name)
+
+
+def bound_audit(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """Per model and norm: % of attacked images where the L-bound or the omega-bound exceeds the best
+    adversarial distance found (a violated lower bound; :func:`paperlib.bounds.audit.audit_bounds`)."""
+    from paperlib.bounds.audit import audit_bounds
+
+    rows = []
+    for k, m in grid.items():
+        if m.suite is None:
+            continue
+        for norm, b in m.bounds.items():
+            a = audit_bounds(b.table, m.suite.best, norm, columns=["l_bound", "omega_distance"]).set_index("bound")
+            rows.append({"row": k, "norm": norm, "compared": int(a.loc["l_bound", "n_compared"]),
+                         "L-bound violations %": float(a.loc["l_bound", "violation_rate"]),
+                         "omega-bound violations %": float(a.loc["omega_distance", "violation_rate"])})
+    return pd.DataFrame(rows).set_index(["row", "norm"]) if rows else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------------------------------
+# The paper's claims, measured
+# --------------------------------------------------------------------------------------------------
+
+
+def _get(df: pd.DataFrame, row: str, col: str) -> float:
+    try:
+        return float(df.loc[row, col])
+    except KeyError:
+        return _NAN
+
+
+def _pair(a: float, b: float, digits: int = 1, arrow: str = " vs ") -> str:
+    f = f"{{:.{digits}f}}"
+    return ("\u2013" if math.isnan(a) else f.format(a)) + arrow + ("\u2013" if math.isnan(b) else f.format(b))
+
+
+def claims(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """The paper's claims with the numbers that test them, the paper's (CIFAR-10) beside ours.
+
+    One row per claim: ``id``, ``claim``, ``measure`` (what is compared, in which units), ``paper`` and
+    ``ours`` (the same comparison as text). The verdicts are the book's (``what_reproduced``), not computed.
+    """
+    t1, t2, b3, b4 = table1(grid), table2(grid), tableB3(grid), tableB4(grid)
+    p1, p2, p3, p4 = (paper.paper_table(n) for n in ("1", "2", "B.3", "B.4"))
+    b5, p5 = tableB5(grid), paper.paper_table("B.5")
+    hours = {k: _train_hours(m) for k, m in grid.items()}
+    ph = {k: _paper_hours(k) for k in paper.ROW_KEYS}
+    rows = []
+
+    def add(cid, claim, measure, paper_text, ours_text):
+        rows.append({"id": cid, "claim": claim, "measure": measure, "paper": paper_text, "ours": ours_text})
+
+    add("gain-linf", "The squared-l1 penalty makes models robust in linf (vs undefended)",
+        "empirical % error at eps = 8/255: undefended vs FD l1, lam 1, h 0.1 (ours also at 16/255)",
+        _pair(p1.loc["undefended", "emp_err_8"], p1.loc["fd-l1-lam1-h0.1", "emp_err_8"], arrow=" \u2192 "),
+        _pair(_get(t1, "undefended", "emp_err_8"), _get(t1, "fd-l1-lam1-h0.1", "emp_err_8"), arrow=" \u2192 ")
+        + " (16/255: " + _pair(_get(t1, "undefended", "emp_err_16"), _get(t1, "fd-l1-lam1-h0.1", "emp_err_16"),
+                               arrow=" \u2192 ") + ")")
+    add("gain-l2", "The squared-l2 penalty makes models robust in l2 (vs undefended)",
+        "mean best-attack l2 distance: undefended vs FD l2, lam 1",
+        _pair(p2.loc["undefended", "mean_empirical"], p2.loc["fd-l2-lam1", "mean_empirical"], 2, " \u2192 "),
+        _pair(_get(t2, "undefended", "mean_empirical"), _get(t2, "fd-l2-lam1", "mean_empirical"), 2, " \u2192 "))
+    add("tradeoff", "Stronger regularization trades clean accuracy for robustness",
+        "clean % error, FD l2 at lam 0.1 vs lam 1",
+        _pair(p2.loc["fd-l2-lam0.1", "clean_error"], p2.loc["fd-l2-lam1", "clean_error"], arrow=" \u2192 "),
+        _pair(_get(t2, "fd-l2-lam0.1", "clean_error"), _get(t2, "fd-l2-lam1", "clean_error"), arrow=" \u2192 "))
+    add("vs-at-linf", "7-step AT is somewhat more robust in linf than the best penalty (about 5 points)",
+        "empirical % error at 8/255: FD l1 lam 1 h 0.1 vs PGD-AT 8/255",
+        _pair(p1.loc["fd-l1-lam1-h0.1", "emp_err_8"], p1.loc["pgd-at-8", "emp_err_8"]),
+        _pair(_get(t1, "fd-l1-lam1-h0.1", "emp_err_8"), _get(t1, "pgd-at-8", "emp_err_8"))
+        + " (16/255: " + _pair(_get(t1, "fd-l1-lam1-h0.1", "emp_err_16"), _get(t1, "pgd-at-8", "emp_err_16")) + ")")
+    add("vs-at-l2", "In l2 the penalty matches or beats 7-step AT",
+        "mean best-attack l2 distance: FD l2 lam 1 vs PGD-AT 8/255",
+        _pair(p2.loc["fd-l2-lam1", "mean_empirical"], p2.loc["pgd-at-8", "mean_empirical"], 2),
+        _pair(_get(t2, "fd-l2-lam1", "mean_empirical"), _get(t2, "pgd-at-8", "mean_empirical"), 2))
+    add("at-cost", "...at less than half of 7-step AT's training time",
+        "training hours: FD l1 lam 1 vs PGD-AT 8/255 (ratio AT/FD)",
+        _pair(ph["fd-l1-lam1-h0.1"], ph["pgd-at-8"], 2) + f" (x{ph['pgd-at-8'] / ph['fd-l1-lam1-h0.1']:.2f})",
+        _pair(hours.get("fd-l1-lam1-h0.1", _NAN), hours.get("pgd-at-8", _NAN), 2)
+        + f" (x{hours.get('pgd-at-8', _NAN) / hours.get('fd-l1-lam1-h0.1', _NAN):.2f})")
+    add("fd-vs-dbp-robust", "FD is at least as robust as DBP at the same lambda",
+        "linf: emp. % error at 8/255, FD vs DBP (l1, lam 1); l2: mean distance, FD vs DBP (l2, lam 1)",
+        _pair(p1.loc["fd-l1-lam1-h0.1", "emp_err_8"], p1.loc["dbp-l1-lam1", "emp_err_8"]) + "; "
+        + _pair(p2.loc["fd-l2-lam1", "mean_empirical"], p2.loc["dbp-l2-lam1", "mean_empirical"], 2),
+        _pair(_get(t1, "fd-l1-lam1-h0.1", "emp_err_8"), _get(t1, "dbp-l1-lam1", "emp_err_8")) + "; "
+        + _pair(_get(t2, "fd-l2-lam1", "mean_empirical"), _get(t2, "dbp-l2-lam1", "mean_empirical"), 2))
+    fd_keys = [k for k in ("fd-l1-lam0.1", "fd-l1-lam1-h0.1", "fd-l2-lam0.1", "fd-l2-lam1")]
+    dbp_keys = [k for k in ("dbp-l1-lam0.1", "dbp-l1-lam1", "dbp-l2-lam0.1", "dbp-l2-lam1")]
+
+    def mean_h(keys, table):
+        v = [table.get(k, _NAN) for k in keys]
+        return float(np.mean(v)) if v else _NAN
+
+    add("fd-vs-dbp-cost", "FD trains faster than DBP (about 50% on CIFAR-10, 10% on MNIST-sized nets)",
+        "mean training hours of the four FD vs the four DBP models (ratio DBP/FD)",
+        _pair(mean_h(fd_keys, ph), mean_h(dbp_keys, ph), 2) + f" (x{mean_h(dbp_keys, ph) / mean_h(fd_keys, ph):.2f})",
+        _pair(mean_h(fd_keys, hours), mean_h(dbp_keys, hours), 3)
+        + f" (x{mean_h(dbp_keys, hours) / mean_h(fd_keys, hours):.2f})")
+    hs = ["h=1e-4", "h=1e-3", "h=1e-2", "h=0.1", "h=1"]
+    add("h-clean", "Small h costs clean accuracy (Table B.4)", "clean % error at h = 1e-4, 1e-3, 1e-2, 0.1, 1",
+        ", ".join(f"{p4.loc[h, 'clean_error']:.1f}" for h in hs),
+        ", ".join(f"{_get(b4, h, 'clean_error'):.1f}" for h in hs))
+    add("h-robust", "h = 0.1 is the most robust; h = 1 loses robustness", "empirical % error at 8/255 for the same h",
+        ", ".join(f"{p4.loc[h, 'emp_err_8']:.1f}" for h in hs),
+        ", ".join(f"{_get(b4, h, 'emp_err_8'):.1f}" for h in hs) + " (16/255: "
+        + ", ".join(f"{_get(b4, h, 'emp_err_16'):.1f}" for h in hs) + ")")
+    add("regularity", "AT and the penalty shrink gradients and omega (Table B.3)",
+        "mean l2 gradient norm: undefended, PGD-AT 8/255, FD l2 lam 1",
+        ", ".join(f"{p3.loc[k, 'grad_mean']:.2f}" for k in ("undefended", "pgd-at-8", "fd-l2-lam1")),
+        ", ".join(f"{_get(b3, k, 'grad_mean'):.3g}" for k in ("undefended", "pgd-at-8", "fd-l2-lam1")))
+    add("bounds", "The L- and omega-bounds are reasonable estimates below the empirical distance; omega is closer",
+        "FD l2 lam 1: mean L-bound, mean omega-bound, mean empirical l2 distance",
+        ", ".join(f"{p2.loc['fd-l2-lam1', c]:.2f}" for c in ("mean_L_bound", "mean_omega_bound", "mean_empirical")),
+        ", ".join(f"{_get(t2, 'fd-l2-lam1', c):.3f}" for c in ("mean_L_bound", "mean_omega_bound", "mean_empirical")))
+    audit = bound_audit(grid)
+    if len(audit):
+        viol = (f"L-bound {audit['L-bound violations %'].mean():.1f}%, omega-bound "
+                f"{audit['omega-bound violations %'].mean():.1f}% (mean over {len(audit)} model-norm pairs; "
+                f"max {audit['omega-bound violations %'].max():.0f}%)")
+    else:
+        viol = "\u2013"
+    add("bound-violations", "(not in the paper) How often a bound exceeds an adversarial found",
+        "% of attacked images where the bound > best attack distance", "not reported", viol)
+    chk = checks_table(grid)
+    masking = (f"check passed for {int(chk['no_gradient_masking'].sum())} of {len(chk)} models"
+               if "no_gradient_masking" in chk else "\u2013")
+    add("no-masking", "No gradient masking: the gradient-free Boundary attack does not beat the gradient attacks",
+        "models where Boundary beats every gradient attack by 2x on at most 1% of images",
+        "reported as no masking", masking)
+    add("smoothing", "Randomized smoothing confirms the penalty's l2 robustness (Table B.5)",
+        "certified % error at r = 0.25 and 0.5: undefended vs FD l2 lam 1",
+        f"{_pair(p5.loc['undefended', 'r=0.25'], p5.loc['fd-l2-lam1', 'r=0.25'], 0)} (0.25); "
+        f"{_pair(p5.loc['undefended', 'r=0.5'], p5.loc['fd-l2-lam1', 'r=0.5'], 0)} (0.5)",
+        f"{_pair(_get(b5, 'undefended', 'r=0.25'), _get(b5, 'fd-l2-lam1', 'r=0.25'), 0)} (0.25); "
+        f"{_pair(_get(b5, 'undefended', 'r=0.5'), _get(b5, 'fd-l2-lam1', 'r=0.5'), 0)} (0.5)")
+    return pd.DataFrame(rows).set_index("id")
+
+
+# --------------------------------------------------------------------------------------------------
+# Costs
+# --------------------------------------------------------------------------------------------------
+
+
+def _paper_hours(key: str) -> float:
+    row = paper.TABLE1.get(key) or paper.TABLE2.get(key)
+    return float(row[-1]) if row else _NAN
+
+
+def training_costs(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """Training wall time of every model, in hours and as a multiple of the undefended model's, beside the
+    paper's hours and multiples (CIFAR-10 on one GTX 1080 Ti; models the paper did not train are NaN)."""
+    base = _train_hours(grid["undefended"]) if "undefended" in grid else _NAN
+    base_p = paper.TABLE1["undefended"][-1]
+    rows = []
+    for k, m in grid.items():
+        ph = _paper_hours(k)
+        rows.append({"row": k, "hours": _train_hours(m), "x undefended": _train_hours(m) / base,
+                     "epochs": int(len(m.log)), "paper hours": ph, "paper x undefended": ph / base_p})
+    return pd.DataFrame(rows).set_index("row")
+
+
+def attack_costs(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """Seconds per image of each attack of the suite (median and range over the grid's models)."""
+    per: dict[str, list[float]] = {}
+    for m in grid.values():
+        if m.suite is None:
+            continue
+        for job, st in m.suite.summary.get("jobs", {}).items():
+            if st.get("seconds_per_image") is not None:
+                per.setdefault(job, []).append(float(st["seconds_per_image"]))
+    rows = [{"attack": j, "median s/image": float(np.median(v)), "min": float(np.min(v)), "max": float(np.max(v)),
+             "models": len(v)} for j, v in per.items()]
+    return pd.DataFrame(rows).set_index("attack") if rows else pd.DataFrame()
+
+
+def stage_hours(grid: dict[str, ModelResults]) -> pd.Series:
+    """Compute time of each stage summed over the grid's models (hours), as ``paperlib reproduce`` measured
+    it; with several processes running side by side the wall time is shorter than this sum."""
+    tot: dict[str, float] = {}
+    for m in grid.values():
+        for stage, sec in m.seconds.items():
+            tot[stage] = tot.get(stage, 0.0) + sec / 3600
+    return pd.Series(tot, name="hours").reindex(["train", "attack", "bound", "certify"]).dropna()
 
 
 # --------------------------------------------------------------------------------------------------

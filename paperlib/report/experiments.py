@@ -1,0 +1,501 @@
+"""What the book's experiment notebooks (``book/train``, ``attack``, ``bound``, ``certify``) compute and draw.
+
+The notebooks are parameterized (papermill) with the options of one model -- ``profile``, ``method``,
+``penalty``, ``norm``, ``lam``, ``h``, ``eps``, ``epochs``, ``seed`` -- and of its evaluation (``n_images``).
+This module turns those parameters into exactly the configs and sub-run names that ``paperlib reproduce``
+uses (:mod:`paperlib.reproduce`), so that with the parameters of a grid model a notebook *loads* the committed
+results from ``runs/<profile>/`` instead of recomputing them; any other parameters compute (and store) new runs.
+
+* configs: :func:`train_config`, :func:`evaluation_configs`, :func:`evaluation_images`;
+* the model and its stages, run or loaded: :func:`prepare` (-> :class:`Experiment`), :func:`run_attacks`,
+  :func:`finished_attacks`, :func:`run_bound_stage`, :func:`run_certify_stage`;
+* tables: :func:`config_table`, :func:`attack_table`, :func:`checks_table`, :func:`bounds_table`,
+  :func:`bound_attack_pairs`, :func:`smoothing_table`;
+* curves and figures: :func:`error_curves`, :func:`certified_error_curve`, :func:`bound_error_curves`, :func:`plot_training_log`, :func:`plot_error_curves`,
+  :func:`plot_certified_error`, :func:`plot_bound_vs_attack`, :func:`plot_smoothing`.
+
+Every number shown comes from the run's files (CSV/JSON), so a computed run and a loaded one print the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from paperlib.config import ConfigError, check_choice
+
+__all__ = [
+    "PAPER_LINF_EPS",
+    "Experiment",
+    "prepare",
+    "attack_subrun",
+    "run_attacks",
+    "finished_attacks",
+    "run_bound_stage",
+    "run_certify_stage",
+    "train_config",
+    "evaluation_configs",
+    "evaluation_images",
+    "run_id",
+    "config_table",
+    "attack_table",
+    "checks_table",
+    "error_curves",
+    "bounds_table",
+    "certified_error_curve",
+    "bound_error_curves",
+    "smoothing_table",
+    "plot_training_log",
+    "plot_error_curves",
+    "plot_certified_error",
+    "plot_bound_vs_attack",
+    "plot_smoothing",
+    "bound_attack_pairs",
+]
+
+#: The linf radii of the paper's tables (2/255 and 8/255, in [0, 1] pixel units).
+PAPER_LINF_EPS: tuple[float, ...] = (2 / 255, 8 / 255)
+
+_NORM_LABEL = {"l2": r"$\ell_2$", "linf": r"$\ell_\infty$"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------------
+
+
+def train_config(profile: str = "fmnist", method: str = "penalty", *, penalty: str = "fd", norm: str = "l2",
+                 lam: float = 1.0, h: float = 0.01, eps: float | None = None, m: int | None = None,
+                 epochs: int | None = None, seed: int = 0):
+    """The :class:`~paperlib.training.TrainConfig` of a notebook's parameters.
+
+    Only the options of ``method`` are used (the others are ignored, not an error, so one parameter cell
+    serves every method): ``penalty``, ``norm``, ``lam`` and ``h`` for ``'penalty'`` (``h`` for FD only);
+    ``norm`` and ``eps`` for ``'pgd-at'`` and ``'free-at'`` (``eps=None``: 8/255; the paper's AT is ``linf``,
+    so pass ``norm='linf'``) and ``m`` for ``'free-at'`` (replays, ``None``: 8); none for ``'undefended'``.
+    ``epochs=None`` keeps the profile's.
+
+    With the grid's values it equals the config of :func:`paperlib.reproduce.grid` (same run, same hash):
+    ``train_config('fmnist') == grid('fmnist')['fd-l2-lam1']``.
+    """
+    from paperlib.training import METHODS, TrainConfig
+
+    check_choice("method", method, METHODS)
+    kw: dict[str, Any] = {"method": method, "seed": int(seed)}
+    if epochs is not None:
+        kw["epochs"] = int(epochs)
+    if method == "penalty":
+        kw.update(penalty=penalty, norm=norm, lam=float(lam))
+        if penalty == "fd":
+            kw["h"] = float(h)
+    elif method in ("pgd-at", "free-at"):
+        kw["norm"] = norm
+        if eps is not None:
+            kw["eps"] = float(eps)
+        if method == "free-at" and m is not None:
+            kw["m"] = int(m)
+    return TrainConfig.from_profile(profile, **kw)
+
+
+def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int | None = None) -> dict[str, Any]:
+    """The profile's attack, bound and certify configs (:func:`paperlib.reproduce.evaluation_configs`), with
+    ``n_images`` (images evaluated) and ``seed`` (image draw and random draws) replaced when given.
+
+    Returns ``{'attack', 'bound-l2', 'bound-linf', 'certify'}``; unchanged values give the profile's configs
+    exactly (same hashes, so committed runs load).
+    """
+    from paperlib.reproduce import evaluation_configs as profile_configs
+
+    configs = profile_configs(profile)
+    if n_images is not None:
+        if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+            raise ConfigError(f"n_images={n_images!r} must be a positive integer (or None for the profile's)")
+        configs = {k: dataclasses.replace(c, n_images=n_images) for k, c in configs.items()}
+    if seed is not None:
+        configs = {
+            "attack": dataclasses.replace(configs["attack"], seed=seed),
+            **{k: dataclasses.replace(configs[k], image_seed=seed, seed=seed) for k in ("bound-l2", "bound-linf",
+                                                                                          "certify")},
+        }
+    return configs
+
+
+def evaluation_images(dataset: str, n: int, seed: int):
+    """The evaluated test images, as :func:`paperlib.reproduce.reproduce` draws them:
+    ``sample_images(load_dataset(dataset, 'test'), n, seed)`` -> ``(x, y, idx)``."""
+    from paperlib.data import load_dataset, sample_images
+
+    return sample_images(load_dataset(dataset, "test"), n, seed)
+
+
+def run_id(run, runs_dir: str | Path) -> str:
+    """A run's directory relative to the run store (``fmnist/fd-l2-lam1-h0.01``), the id the book cites."""
+    path, root = Path(run.path if hasattr(run, "path") else run), Path(runs_dir)
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def config_table(cfg) -> pd.DataFrame:
+    """A config dataclass as a two-column table (``option``, ``value`` as text), fields that are None left
+    out; radii that are multiples of 1/255 (``eps``, ``step_size``) also shown as ``k/255``."""
+    items = [(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is not None]
+    return pd.DataFrame({"option": [k for k, _ in items],
+                         "value": [_fmt_value(v, per_255=k in ("eps", "step_size")) for k, v in items]})
+
+
+def _fmt_value(v: Any, per_255: bool = False) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        k = v * 255
+        if per_255 and v > 0 and abs(k - round(k)) < 1e-6:
+            return f"{v:.6g} ({round(k)}/255)"
+        return f"{v:g}"
+    if isinstance(v, tuple):
+        return ", ".join(_fmt_value(x) for x in v) if v else "(none)"
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------------------
+# One model and its stages, run or loaded (the sub-runs of ``paperlib reproduce``)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Experiment:
+    """One trained model and what its evaluation needs (:func:`prepare`).
+
+    Attributes:
+        store: the run store; cfg: the :class:`~paperlib.training.TrainConfig`; run: its finished training run;
+        model_id: the run's id relative to the store (``fmnist/fd-l2-lam1-h0.01``);
+        evals: the evaluation configs (:func:`evaluation_configs`); model: the trained model in eval mode (None
+        until needed); x, y, idx: the evaluated test images ``[n, C, H, W]`` in [0, 1], labels, dataset indices.
+    """
+
+    store: Any
+    cfg: Any
+    run: Any
+    model_id: str
+    evals: dict
+    model: Any = None
+    x: Any = None
+    y: Any = None
+    idx: Any = None
+
+
+def prepare(profile: str = "fmnist", method: str = "penalty", *, penalty: str = "fd", norm: str = "l2",
+            lam: float = 1.0, h: float = 0.01, eps: float | None = None, m: int | None = None,
+            epochs: int | None = None, n_images: int | None = None, seed: int = 0,
+            runs_dir: str | Path | None = None, evaluate: bool = True, progress: bool = False) -> Experiment:
+    """Train (or load: a finished run loads at once) the model of the notebook parameters, and with
+    ``evaluate`` load it with the evaluated test images (the draw of :func:`paperlib.reproduce.reproduce`).
+
+    ``runs_dir=None`` is :func:`paperlib.runs.default_runs_dir` (the checkout's ``runs/``, whatever the working
+    directory). The other arguments are those of :func:`train_config` and :func:`evaluation_configs`.
+    """
+    import torch
+
+    from paperlib.runs import RunStore, default_runs_dir
+    from paperlib.training import load_trained, train
+
+    torch.manual_seed(seed)
+    store = RunStore(default_runs_dir() if runs_dir is None else runs_dir)
+    cfg = train_config(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs,
+                       seed=seed)
+    run = train(cfg, store, progress=progress)
+    exp = Experiment(store=store, cfg=cfg, run=run, model_id=run_id(run, store.root),
+                     evals=evaluation_configs(profile, n_images=n_images, seed=seed))
+    if evaluate:
+        exp.model, _ = load_trained(run)
+        acfg = exp.evals["attack"]
+        exp.x, exp.y, exp.idx = evaluation_images(cfg.dataset, acfg.n_images, acfg.seed)
+    return exp
+
+
+def attack_subrun(exp: Experiment):
+    """The attack suite's sub-run of the model (``<model>/attack-<hash>``, as ``paperlib reproduce`` names it)."""
+    from paperlib.attacks.suite import attack_run_name
+
+    acfg = exp.evals["attack"]
+    return exp.run.subrun(attack_run_name(acfg), acfg)
+
+
+def run_attacks(exp: Experiment, *, progress: bool = False):
+    """The attack suite on the evaluated images, run or loaded (:func:`paperlib.attacks.suite.attack_model`);
+    returns the stored :class:`~paperlib.attacks.suite.SuiteResult`."""
+    from paperlib.attacks.suite import attack_model
+
+    return attack_model(exp.model, exp.x, exp.y, exp.idx, exp.evals["attack"], attack_subrun(exp),
+                        progress=progress)
+
+
+def finished_attacks(exp: Experiment):
+    """The attack suite's stored result if its sub-run is finished, else None (nothing is computed)."""
+    from paperlib.attacks.suite import load_suite
+
+    sub = attack_subrun(exp)
+    return load_suite(sub) if sub.is_finished() else None
+
+
+def run_bound_stage(exp: Experiment, norms: Sequence[str] = ("l2", "linf"), *, progress: bool = False
+                    ) -> dict[str, Any]:
+    """The bounds per norm (sub-runs ``bounds-l2``, ``bounds-linf``), run or loaded
+    (:func:`paperlib.bounds.run_bounds`); returns ``{norm: BoundsResult}`` as stored on disk."""
+    from paperlib.bounds import load_bounds, run_bounds
+
+    out = {}
+    for norm in norms:
+        bcfg = exp.evals[f"bound-{norm}"]
+        k = bcfg.n_images
+        sub = exp.run.subrun(f"bounds-{norm}", bcfg)
+        run_bounds(exp.model, exp.x[:k], exp.y[:k], exp.idx[:k], bcfg, sub, progress=progress)
+        out[norm] = load_bounds(sub)
+    return out
+
+
+def run_certify_stage(exp: Experiment, *, progress: bool = False):
+    """Randomized smoothing (sub-run ``certify-sigma<sigma>``), run or loaded
+    (:func:`paperlib.bounds.run_certify`); returns ``(sub-run, CertifyResult as stored on disk)``."""
+    from paperlib.bounds import load_certify, run_certify
+    from paperlib.data import dataset_info
+
+    ccfg = exp.evals["certify"]
+    k = ccfg.n_images
+    sub = exp.run.subrun(f"certify-sigma{ccfg.sigma:g}", ccfg)
+    run_certify(exp.model, exp.x[:k], exp.y[:k], exp.idx[:k], ccfg, sub,
+                num_classes=dataset_info(exp.cfg.dataset).num_classes, progress=progress)
+    return sub, load_certify(sub)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attacks
+# --------------------------------------------------------------------------------------------------
+
+
+def attack_table(suite) -> pd.DataFrame:
+    """One row per attack job (``pgd-l2``, ``cw-l2``, ...): success rate (% of the clean-correct images) and
+    the median l2 and linf distances of its adversarials, from a :class:`~paperlib.attacks.suite.SuiteResult`
+    (recomputed from ``attacks.csv``, without the machine-dependent seconds)."""
+    from paperlib.attacks.suite import summarize
+
+    jobs = summarize(suite.attacks, suite.best)["jobs"]
+    rows = [{"attack": k, "success (%)": v["success_pct"], "median l2": v["median_l2"],
+             "median linf": v["median_linf"]} for k, v in jobs.items()]
+    return pd.DataFrame(rows).set_index("attack")
+
+
+def checks_table(checks: Sequence) -> pd.DataFrame:
+    """The suite's evaluation checks as a table: check, verdict (``pass``/``FAIL``), message."""
+    return pd.DataFrame({"check": [c[0] for c in checks], "verdict": ["pass" if c[1] else "FAIL" for c in checks],
+                         "message": [c[2] for c in checks]}).set_index("check")
+
+
+def _best(best: pd.DataFrame, norm: str) -> np.ndarray:
+    return best.loc[best["norm"] == norm, "best"].to_numpy(dtype=float)
+
+
+def error_curves(best: pd.DataFrame, n_points: int = 201, eps_max: Mapping[str, float] | None = None
+                 ) -> dict[str, pd.DataFrame]:
+    """Empirical % error vs eps per norm (:func:`~paperlib.attacks.suite.error_curve` of ``best.csv``) on an
+    even grid from 0 to ``eps_max[norm]`` (default: 1.1 x the largest finite best distance, at least the
+    paper's 8/255 in linf). Returns ``{norm: DataFrame(eps, error_pct)}``."""
+    from paperlib.attacks.suite import error_curve
+
+    out = {}
+    for norm in [n for n in ("l2", "linf") if n in set(best["norm"])]:
+        d = _best(best, norm)
+        top = (eps_max or {}).get(norm)
+        if top is None:
+            finite = d[np.isfinite(d)]
+            top = 1.1 * float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+            if norm == "linf":
+                top = max(top, 1.25 * PAPER_LINF_EPS[-1])
+        out[norm] = error_curve(d, np.linspace(0.0, top, n_points))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounds and certificates
+# --------------------------------------------------------------------------------------------------
+
+
+def bounds_table(results: Mapping[str, Any]) -> pd.DataFrame:
+    """Per norm: images, clean error, the Lipschitz constant L (EVT), the mean L-bound and the mean omega-bound
+    distance (:class:`~paperlib.bounds.BoundsResult` per norm, ``{'l2': ..., 'linf': ...}``)."""
+    rows = []
+    for norm, res in results.items():
+        t = res.table
+        rows.append({
+            "norm": norm,
+            "images": len(t),
+            "clean error (%)": 100.0 * (1.0 - t["correct"].astype(bool).mean()),
+            "L (EVT)": float(res.evt["lipschitz"]["evt"]["value"]),
+            "L (empirical max)": float(res.evt["lipschitz"]["empirical-max"]["value"]),
+            "mean L-bound": float(t["l_bound"].mean()),
+            "mean omega-bound": float(t["omega_distance"].mean()),
+            "omega fits rejected": sum(1 for e in res.evt["omega"] if e["fit"]["method"] != "gev"),
+        })
+    return pd.DataFrame(rows).set_index("norm")
+
+
+def certified_error_curve(radius: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray,
+                          radii: Sequence[float] | np.ndarray) -> pd.DataFrame:
+    """Certified % error at each radius of a (dense) grid: ``100 * mean(not (correct and radius >= r))``
+    (:func:`paperlib.bounds.certified_error`). Returns ``DataFrame(radius, error_pct)``."""
+    from paperlib.bounds import certified_error
+
+    errs = certified_error(np.asarray(radius, dtype=float), np.asarray(correct, dtype=bool), list(radii))
+    return pd.DataFrame({"radius": list(errs), "error_pct": list(errs.values())})
+
+
+def bound_error_curves(bounds: Mapping[str, Any], n_points: int = 201) -> dict[str, dict[str, pd.DataFrame]]:
+    """Certified-error curves of the L-bound and the omega-bound per norm, on an even radius grid from 0 to
+    1.1 x the largest bound: ``{norm: {'L-bound': curve, 'omega-bound': curve}}`` (``DataFrame(radius,
+    error_pct)``, :func:`certified_error_curve`), from ``{norm: BoundsResult}``."""
+    out = {}
+    for norm, res in bounds.items():
+        t = res.table
+        top = 1.1 * max(float(t[["l_bound", "omega_distance"]].to_numpy(dtype=float).max()), 1e-3)
+        radii = np.linspace(0.0, top, n_points)
+        out[norm] = {"L-bound": certified_error_curve(t["l_bound"], t["correct"], radii),
+                     "omega-bound": certified_error_curve(t["omega_distance"], t["correct"], radii)}
+    return out
+
+
+def smoothing_table(result, base_error_pct: float | None = None) -> pd.Series:
+    """Randomized smoothing in a few numbers, from a :class:`~paperlib.bounds.CertifyResult`: sigma, n, images,
+    the smoothed classifier's clean error (%, abstentions count as errors), the abstention rate (%), the mean
+    certified l2 radius (0 for wrong or abstained images) and, if given, the base classifier's clean error (%).
+    Floats are rounded to 4 decimals."""
+    from paperlib.bounds import Smooth
+
+    t = result.table
+    correct = t["correct"].astype(bool)
+    row: dict[str, Any] = {
+        "sigma": float(result.metrics.get("sigma", math.nan)),
+        "n (noise samples per image)": int(result.metrics.get("n", 0)),
+        "images": int(len(t)),
+        "smoothed classifier clean error (%)": 100.0 * (1.0 - float(correct.mean())),
+        "abstained (%)": 100.0 * float((t["prediction"] == Smooth.ABSTAIN).mean()),
+        "mean certified radius (l2)": float(t["radius"].where(correct, 0.0).mean()),
+    }
+    if base_error_pct is not None:
+        row["base classifier clean error (%, full test set)"] = float(base_error_pct)
+    return pd.Series({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, dtype=object)
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+
+
+def plot_training_log(log: pd.DataFrame, title: str):
+    """Two panels from ``train_log.csv``: training loss (total and clean cross-entropy) and clean test error
+    (%) per epoch. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a1.plot(log["epoch"], log["train_loss"], marker="o", label="training objective (CE + penalty)")
+    if "train_clean_loss" in log and log["train_clean_loss"].notna().any():
+        a1.plot(log["epoch"], log["train_clean_loss"], marker="s", ls="--", label="clean cross-entropy")
+    a1.set(xlabel="epoch", ylabel="training loss (nats per example)", title="training loss")
+    a2.plot(log["epoch"], log["test_error_pct"], marker="o", color="C3", label="clean test error")
+    a2.set(xlabel="epoch", ylabel="% test error", title="clean test error")
+    for ax in (a1, a2):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.set_xticks(list(log["epoch"]))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_error_curves(curves: Mapping[str, pd.DataFrame], title: str, *, bounds: Mapping[str, Mapping[str,
+                      pd.DataFrame]] | None = None):
+    """Empirical % error vs perturbation size, one panel per norm (``curves`` from :func:`error_curves`);
+    the paper's linf radii 2/255 and 8/255 are marked. ``bounds`` (optional): ``{norm: {label: curve}}``
+    certified-error curves (``DataFrame(radius, error_pct)``) drawn in the same panels."""
+    import matplotlib.pyplot as plt
+
+    norms = [n for n in ("l2", "linf") if n in curves or (bounds and n in bounds)]
+    fig, axes = plt.subplots(1, len(norms), figsize=(4.6 * len(norms), 3.6), squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        if norm in curves:
+            c = curves[norm]
+            ax.step(c["eps"], c["error_pct"], where="post", label="empirical (best attack)", color="C0")
+        for k, (label, bc) in enumerate(((bounds or {}).get(norm) or {}).items()):
+            ax.step(bc["radius"], bc["error_pct"], where="post", ls="--", color=f"C{k + 1}",
+                    label=f"certified ({label})")
+        if norm == "linf":
+            for e, ls in zip(PAPER_LINF_EPS, (":", "-.")):
+                ax.axvline(e, color="gray", ls=ls, lw=1, label=f"paper's eps = {round(e * 255)}/255")
+        ax.set(xlabel=f"perturbation size ({norm}, [0, 1] pixel units)", ylabel="% test error",
+               title=f"{_NORM_LABEL[norm]} error vs perturbation size", ylim=(-2, 102))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_certified_error(curves: Mapping[str, Mapping[str, pd.DataFrame]], title: str):
+    """Certified % error vs radius, one panel per norm: ``curves = {norm: {label: DataFrame(radius,
+    error_pct)}}`` (:func:`certified_error_curve`)."""
+    return plot_error_curves({}, title, bounds=curves)
+
+
+def plot_bound_vs_attack(pairs: Mapping[str, pd.DataFrame], title: str):
+    """Per norm, each image's lower bounds (L-bound, omega-bound) against the best adversarial distance the
+    attacks found, with the line y = x: a valid lower bound lies on or below it. ``pairs[norm]`` has columns
+    ``best``, ``l_bound``, ``omega_distance`` (images no attack broke left out)."""
+    import matplotlib.pyplot as plt
+
+    norms = list(pairs)
+    fig, axes = plt.subplots(1, len(norms), figsize=(4.6 * len(norms), 4.0), squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        p = pairs[norm]
+        ax.scatter(p["best"], p["l_bound"], s=14, alpha=0.7, label="L-bound", color="C1")
+        ax.scatter(p["best"], p["omega_distance"], s=14, alpha=0.7, marker="^", label="omega-bound", color="C2")
+        top = float(np.nanmax([p["best"].max(), p["l_bound"].max(), p["omega_distance"].max(), 1e-3]))
+        ax.plot([0, top], [0, top], color="k", lw=1, label="y = x (bound = attack distance)")
+        ax.set(xlabel=f"best attack distance ({norm}, pixel units)", ylabel=f"lower bound ({norm}, pixel units)",
+               title=f"{_NORM_LABEL[norm]}: bound vs attack")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_smoothing(curve: pd.DataFrame, title: str, *, sigma: float, empirical: pd.DataFrame | None = None):
+    """Randomized smoothing: certified % error vs l2 radius (:func:`certified_error_curve` of ``certify.csv``);
+    ``empirical`` (optional, ``DataFrame(eps, error_pct)``): the attack suite's l2 curve of the base model."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    ax.step(curve["radius"], curve["error_pct"], where="post", color="C2",
+            label=f"smoothed classifier, certified (sigma = {sigma:g})")
+    if empirical is not None:
+        ax.step(empirical["eps"], empirical["error_pct"], where="post", color="C0",
+                label="base classifier, empirical (best attack)")
+    ax.set(xlabel="l2 radius ([0, 1] pixel units)", ylabel="% test error", title=title, ylim=(-2, 102))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def bound_attack_pairs(bounds_table_: pd.DataFrame, best: pd.DataFrame, norm: str) -> pd.DataFrame:
+    """Per image: the best attack distance in ``norm`` beside the bounds (``bounds.csv`` joined to ``best.csv``
+    on ``image``); images no attack broke (``best = inf``) are left out."""
+    b = best.loc[best["norm"] == norm, ["image", "best"]]
+    merged = bounds_table_[["image", "l_bound", "omega_distance"]].merge(b, on="image", how="inner")
+    return merged[np.isfinite(merged["best"].to_numpy(dtype=float))].reset_index(drop=True)
+
