@@ -76,7 +76,7 @@ _EVAL = {
     # that the 17-model grid fits about two hours; the convergence check (doubled budgets on 10 images) says
     # whether they are enough, and the book reports it model by model.
     "fmnist": {
-        "attack": dict(batch_size=30, pgd_steps=20, pgd_search_steps=12, cw_steps=200, cw_binary_search_steps=4,
+        "attack": dict(batch_size=30, pgd_steps=40, pgd_search_steps=12, cw_steps=200, cw_binary_search_steps=6,
                        boundary_steps=1500, logbarrier_outer=10, logbarrier_inner=60, convergence_n=10),
         "bound": dict(),
         "certify": dict(sigma=0.25, n0=100, n=2000, batch_size=1000),

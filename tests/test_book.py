@@ -103,3 +103,20 @@ def test_every_page_renders_math_and_has_no_broken_links(built_book, chromium, t
         if source.exists() and '"image/png"' in source.read_text():
             assert parsed.tags.get("img", 0) >= 1, f"{page.name} lost its figures"
     screenshot(built_book / "book" / "prop_3_2_finite_differences.html", tmp_path / "prop_3_2.png")
+
+
+def test_table_pages_have_their_tables_and_figure_pages_their_images(built_book, chromium, tmp_path):
+    tables = sorted((built_book / "book").glob("table_*.html"))
+    figures = sorted((built_book / "book").glob("figure_*.html"))
+    assert [p.stem for p in tables] == ["table_1", "table_2", "table_B3", "table_B4", "table_B5", "table_B6"]
+    assert [p.stem for p in figures] == ["figure_1"]
+    for page in tables:
+        parsed = parse(rendered_dom(page))
+        # the side-by-side table and the table of run ids
+        assert parsed.tags.get("table", 0) >= 2, f"{page.name} lost its tables"
+        text = "".join(parsed.text)
+        assert "paper" in text and "ours" in text, f"{page.name} lacks the paper/ours columns"
+    for page in figures:
+        assert parse(rendered_dom(page)).tags.get("img", 0) >= 1, f"{page.name} lost its figure"
+    png = screenshot(built_book / "book" / "table_1.html", tmp_path / "table_1.png")
+    assert png.stat().st_size > 20_000

@@ -1,7 +1,8 @@
 """What the book's experiment notebooks (``book/train``, ``attack``, ``bound``, ``certify``) compute and draw.
 
 The notebooks are parameterized (papermill) with the options of one model -- ``profile``, ``method``,
-``penalty``, ``norm``, ``lam``, ``h``, ``eps``, ``epochs``, ``seed`` -- and of its evaluation (``n_images``).
+``penalty``, ``norm``, ``lam``, ``h``, ``eps``, ``m``, ``epochs``, ``seed`` -- and of its evaluation
+(``n_images``).
 This module turns those parameters into exactly the configs and sub-run names that ``paperlib reproduce``
 uses (:mod:`paperlib.reproduce`), so that with the parameters of a grid model a notebook *loads* the committed
 results from ``runs/<profile>/`` instead of recomputing them; any other parameters compute (and store) new runs.
@@ -11,8 +12,9 @@ results from ``runs/<profile>/`` instead of recomputing them; any other paramete
   :func:`finished_attacks`, :func:`run_bound_stage`, :func:`run_certify_stage`;
 * tables: :func:`config_table`, :func:`attack_table`, :func:`checks_table`, :func:`bounds_table`,
   :func:`bound_attack_pairs`, :func:`smoothing_table`;
-* curves and figures: :func:`error_curves`, :func:`certified_error_curve`, :func:`bound_error_curves`, :func:`plot_training_log`, :func:`plot_error_curves`,
-  :func:`plot_certified_error`, :func:`plot_bound_vs_attack`, :func:`plot_smoothing`.
+* curves and figures: :func:`error_curves`, :func:`certified_error_curve`, :func:`bound_error_curves`,
+  :func:`plot_training_log`, :func:`plot_error_curves`, :func:`plot_certified_error`,
+  :func:`plot_bound_vs_attack`, :func:`plot_smoothing`.
 
 Every number shown comes from the run's files (CSV/JSON), so a computed run and a loaded one print the same.
 """
@@ -173,10 +175,15 @@ class Experiment:
     """One trained model and what its evaluation needs (:func:`prepare`).
 
     Attributes:
-        store: the run store; cfg: the :class:`~paperlib.training.TrainConfig`; run: its finished training run;
-        model_id: the run's id relative to the store (``fmnist/fd-l2-lam1-h0.01``);
-        evals: the evaluation configs (:func:`evaluation_configs`); model: the trained model in eval mode (None
-        until needed); x, y, idx: the evaluated test images ``[n, C, H, W]`` in [0, 1], labels, dataset indices.
+        store: the run store.
+        cfg: the model's :class:`~paperlib.training.engine.TrainConfig`.
+        run: its finished training run.
+        model_id: the run's id relative to the store (``fmnist/fd-l2-lam1-h0.01``).
+        evals: the evaluation configs (:func:`evaluation_configs`).
+        model: the trained model in eval mode (None unless loaded).
+        x: the evaluated test images ``[n, C, H, W]`` in [0, 1] (None unless loaded).
+        y: their labels ``[n]``.
+        idx: their dataset indices ``[n]``.
     """
 
     store: Any
@@ -247,7 +254,7 @@ def finished_attacks(exp: Experiment):
 def run_bound_stage(exp: Experiment, norms: Sequence[str] = ("l2", "linf"), *, progress: bool = False
                     ) -> dict[str, Any]:
     """The bounds per norm (sub-runs ``bounds-l2``, ``bounds-linf``), run or loaded
-    (:func:`paperlib.bounds.run_bounds`); returns ``{norm: BoundsResult}`` as stored on disk."""
+    (:func:`paperlib.bounds.lipschitz.run_bounds`); returns ``{norm: BoundsResult}`` as stored on disk."""
     from paperlib.bounds import load_bounds, run_bounds
 
     out = {}
@@ -262,7 +269,7 @@ def run_bound_stage(exp: Experiment, norms: Sequence[str] = ("l2", "linf"), *, p
 
 def run_certify_stage(exp: Experiment, *, progress: bool = False):
     """Randomized smoothing (sub-run ``certify-sigma<sigma>``), run or loaded
-    (:func:`paperlib.bounds.run_certify`); returns ``(sub-run, CertifyResult as stored on disk)``."""
+    (:func:`paperlib.bounds.smoothing.run_certify`); returns ``(sub-run, CertifyResult as stored on disk)``."""
     from paperlib.bounds import load_certify, run_certify
     from paperlib.data import dataset_info
 
@@ -328,7 +335,7 @@ def error_curves(best: pd.DataFrame, n_points: int = 201, eps_max: Mapping[str, 
 
 def bounds_table(results: Mapping[str, Any]) -> pd.DataFrame:
     """Per norm: images, clean error, the Lipschitz constant L (EVT), the mean L-bound and the mean omega-bound
-    distance (:class:`~paperlib.bounds.BoundsResult` per norm, ``{'l2': ..., 'linf': ...}``)."""
+    distance (:class:`~paperlib.bounds.lipschitz.BoundsResult` per norm, ``{'l2': ..., 'linf': ...}``)."""
     rows = []
     for norm, res in results.items():
         t = res.table
@@ -348,7 +355,7 @@ def bounds_table(results: Mapping[str, Any]) -> pd.DataFrame:
 def certified_error_curve(radius: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray,
                           radii: Sequence[float] | np.ndarray) -> pd.DataFrame:
     """Certified % error at each radius of a (dense) grid: ``100 * mean(not (correct and radius >= r))``
-    (:func:`paperlib.bounds.certified_error`). Returns ``DataFrame(radius, error_pct)``."""
+    (:func:`paperlib.bounds.lipschitz.certified_error`). Returns ``DataFrame(radius, error_pct)``."""
     from paperlib.bounds import certified_error
 
     errs = certified_error(np.asarray(radius, dtype=float), np.asarray(correct, dtype=bool), list(radii))
@@ -370,7 +377,7 @@ def bound_error_curves(bounds: Mapping[str, Any], n_points: int = 201) -> dict[s
 
 
 def smoothing_table(result, base_error_pct: float | None = None) -> pd.Series:
-    """Randomized smoothing in a few numbers, from a :class:`~paperlib.bounds.CertifyResult`: sigma, n, images,
+    """Randomized smoothing in a few numbers, from a :class:`~paperlib.bounds.smoothing.CertifyResult`: sigma, n, images,
     the smoothed classifier's clean error (%, abstentions count as errors), the abstention rate (%), the mean
     certified l2 radius (0 for wrong or abstained images) and, if given, the base classifier's clean error (%).
     Floats are rounded to 4 decimals."""

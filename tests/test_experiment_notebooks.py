@@ -1,0 +1,46 @@
+"""CI smoke check of the experiment notebooks (DESIGN.md section 9): each of book/{train,attack,bound,certify}
+is prepared by papermill with ``-p profile smoke`` and a fresh run store, then executed by nbval (lax mode), so
+the compute path of every page runs end to end on a few Fashion-MNIST images in a few minutes.
+
+(The committed notebooks, with the default profile fmnist, are checked in strict mode by ``make test``.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO, requires_fmnist
+
+NOTEBOOKS = ("train", "attack", "bound", "certify")
+
+
+@requires_fmnist
+def test_experiment_notebooks_run_end_to_end_on_the_smoke_profile(tmp_path):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONHASHSEED": "0"}
+    prepared = []
+    for name in NOTEBOOKS:
+        out = tmp_path / f"{name}.ipynb"
+        result = subprocess.run(
+            [sys.executable, "-m", "papermill", "--prepare-only", str(REPO / "book" / f"{name}.ipynb"), str(out),
+             "-p", "profile", "smoke", "-p", "runs_dir", str(runs)],
+            capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, f"papermill --prepare-only {name} failed:\n{result.stdout}\n{result.stderr}"
+        prepared.append(out.name)
+    # An empty ini in the temporary directory makes it pytest's rootdir: the repository's configuration
+    # (testpaths, the book's other notebooks) stays out of this run.
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider", "-q",
+         *prepared],
+        capture_output=True, text=True, timeout=1200, cwd=tmp_path, env=env)
+    assert result.returncode == 0, \
+        f"nbval failed on the smoke notebooks:\n{result.stdout[-8000:]}\n{result.stderr[-4000:]}"
+    # The later pages reused the model the first one trained, and every stage left a finished run.
+    model = runs / "smoke" / "fd-l2-lam1-h0.01"
+    assert (model / "FINISHED.json").exists()
+    finished = sorted(p.parent.name for p in model.glob("*/FINISHED.json"))
+    assert [n for n in finished if n.startswith("attack-")], finished
+    assert {"bounds-l2", "bounds-linf", "certify-sigma0.25"} <= set(finished), finished
