@@ -19,7 +19,9 @@ Then, for every model: the attack suite in l2 and linf on the profile's ``n_imag
 smoothing for ``undefended`` and ``fd-l2-lam1`` (:mod:`paperlib.bounds.smoothing`).
 
 Every stage is a run of the run store, so the command is resumable: finished runs load at once, a partial run
-continues from its checkpoint. Wall time per stage is recorded in ``runs/<profile>/reproduce.json``.
+continues from its checkpoint. Wall time per stage is recorded in ``runs/<profile>/reproduce.json``. A model whose
+training loss becomes non-finite is recorded as diverged (``DIVERGED.json`` in its run directory, which later
+invocations respect) and the grid goes on with the others.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from typing import Any, Sequence
 
 from paperlib.config import ConfigError, check_choice, get_profile
 
-__all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "add_parser", "STAGES", "SMOOTHING_MODELS"]
+__all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "diverged_note", "DIVERGED", "add_parser", "STAGES", "SMOOTHING_MODELS"]
 
 STAGES = ("train", "attack", "bound", "certify")
 SMOOTHING_MODELS = ("undefended", "fd-l2-lam1")
 H_STUDY = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
+#: written into a training run whose loss became non-finite (with the config hash and the error message)
+DIVERGED = "DIVERGED.json"
 
 
 def grid(profile: str) -> dict[str, Any]:
@@ -128,7 +132,7 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
     from paperlib.bounds import run_bounds, run_certify
     from paperlib.data import dataset_info, load_dataset, sample_images
     from paperlib.runs import RunStore, atomic_write_text
-    from paperlib.training import load_trained, train
+    from paperlib.training import TrainingDivergedError, load_trained, train
 
     for s in stages:
         check_choice("stage", s, STAGES)
@@ -142,15 +146,32 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
     evals = evaluation_configs(profile)
     times: dict[str, float] = {}
     runs: dict[str, str] = {}
+    diverged: dict[str, str] = {}
     images = None
     start = time.perf_counter()
     for i, key in enumerate(keys, 1):
         cfg = configs[key]
         computed: dict[str, float] = {}  # seconds of the stages that did work now (not loaded)
         if "train" in stages:
-            was = store.run(cfg.profile, _run_name(cfg), cfg).is_finished()
+            pre = store.run(cfg.profile, _run_name(cfg), cfg)
+            note = diverged_note(pre)
+            if note is not None:
+                diverged[key] = note
+                log(f"[{i}/{len(keys)}] {key}: diverged when it was trained ({note}); skipped -- delete "
+                    f"{pre.path / DIVERGED} to try again")
+                continue
+            was = pre.is_finished()
             t0 = time.perf_counter()
-            run = _timed(times, "train", train, cfg, store, progress=progress)
+            try:
+                run = _timed(times, "train", train, cfg, store, progress=progress)
+            except TrainingDivergedError as exc:
+                # One model's divergence is a result (the paper's h = 1e-4 row is the case in point), not a
+                # reason to stop the grid: record it where the table pages find it, and go on.
+                pre.path.mkdir(parents=True, exist_ok=True)
+                pre.write_json(DIVERGED, {"hash": pre.hash, "message": str(exc)})
+                diverged[key] = str(exc)
+                log(f"[{i}/{len(keys)}] {key}: DIVERGED ({exc}); recorded in {pre.path / DIVERGED}")
+                continue
             if not was:
                 computed["train"] = time.perf_counter() - t0
         else:
@@ -198,7 +219,8 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
             log(f"    smoothing certificates done (sigma {ccfg.sigma:g})")
         _record_timing(store.root / profile, key, computed)
     times["total"] = time.perf_counter() - start
-    report = {"profile": profile, "stages": list(stages), "models": keys, "seconds": times, "runs": runs}
+    report = {"profile": profile, "stages": list(stages), "models": keys, "seconds": times, "runs": runs,
+              "diverged": diverged}
     import json
 
     path = store.root / profile / "reproduce.json"
@@ -207,6 +229,14 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
     log("wall time per stage (this invocation; finished runs load in seconds): "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
     return report
+
+
+def diverged_note(run) -> str | None:
+    """The message recorded when ``run``'s training diverged under its current config, else None."""
+    if not run.exists(DIVERGED):
+        return None
+    rec = run.read_json(DIVERGED)
+    return rec.get("message", "diverged") if rec.get("hash") == run.hash else None
 
 
 def _record_timing(root: Path, key: str, computed: dict[str, float]) -> None:

@@ -52,3 +52,30 @@ def test_reproduce_rejects_unknown_stage_and_model(tmp_path):
         reproduce("smoke", tmp_path, stages=("plot",))
     with pytest.raises(ConfigError, match="model='fd-l3'"):
         reproduce("smoke", tmp_path, only=["fd-l3"])
+
+
+@requires_fmnist
+def test_a_diverging_model_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
+    import paperlib.training as training
+    from paperlib.reproduce import DIVERGED
+    from paperlib.report.results import diverged_models
+
+    real_train = training.train
+
+    def train(cfg, store, **kw):
+        if cfg.h == 1e-4:
+            store.run(cfg.profile, paperlib.training.run_name(cfg), cfg).start()
+            raise training.TrainingDivergedError("training loss is inf at epoch 1 step 3")
+        return real_train(cfg, store, **kw)
+
+    monkeypatch.setattr(training, "train", train)
+    lines = []
+    report = reproduce("smoke", tmp_path, stages=("train",), only=["h=1e-4", "undefended"], progress=False,
+                       log=lines.append)
+    assert report["diverged"] == {"h=1e-4": "training loss is inf at epoch 1 step 3"}
+    assert (tmp_path / "smoke" / "undefended" / "FINISHED.json").exists()  # the grid went on
+    assert (tmp_path / "smoke" / "fd-l1-lam1-h0.0001" / DIVERGED).exists()
+    assert diverged_models("smoke", tmp_path) == {"h=1e-4": "training loss is inf at epoch 1 step 3"}
+    lines.clear()
+    again = reproduce("smoke", tmp_path, stages=("train",), only=["h=1e-4"], progress=False, log=lines.append)
+    assert again["diverged"] and "skipped" in lines[0]  # not retrained

@@ -28,7 +28,7 @@ from paperlib.config import check_choice
 from paperlib.report import paper
 
 __all__ = [
-    "ModelResults", "load_grid", "table1", "table2", "tableB3", "tableB4", "tableB5", "tableB6", "our_table",
+    "ModelResults", "load_grid", "diverged_models", "table1", "table2", "tableB3", "tableB4", "tableB5", "tableB6", "our_table",
     "side_by_side", "fmt", "run_ids", "checks_table", "check_messages", "bound_audit", "claims", "training_costs", "attack_costs", "stage_hours", "error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
 ]
 
@@ -107,6 +107,21 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> di
         if key in SMOOTHING_MODELS and sub.is_finished():
             res.certify = load_certify(sub)
         out[key] = res
+    return out
+
+
+def diverged_models(profile: str = "fmnist", runs_dir: str | Path | None = None) -> dict[str, str]:
+    """Grid models whose training diverged (non-finite loss), with the recorded message: ``{key: message}``."""
+    from paperlib.reproduce import diverged_note, grid
+    from paperlib.runs import RunStore, default_runs_dir
+    from paperlib.training import run_name
+
+    store = RunStore(runs_dir if runs_dir is not None else default_runs_dir())
+    out = {}
+    for key, cfg in grid(profile).items():
+        note = diverged_note(store.run(cfg.profile, run_name(cfg), cfg))
+        if note is not None:
+            out[key] = note
     return out
 
 
@@ -339,6 +354,10 @@ def _get(df: pd.DataFrame, row: str, col: str) -> float:
         return _NAN
 
 
+def _num(v: float, digits: int = 1) -> str:
+    return "\u2013" if math.isnan(v) else f"{v:.{digits}f}"
+
+
 def _pair(a: float, b: float, digits: int = 1, arrow: str = " vs ") -> str:
     f = f"{{:.{digits}f}}"
     return ("\u2013" if math.isnan(a) else f.format(a)) + arrow + ("\u2013" if math.isnan(b) else f.format(b))
@@ -409,11 +428,11 @@ def claims(grid: dict[str, ModelResults]) -> pd.DataFrame:
     hs = ["h=1e-4", "h=1e-3", "h=1e-2", "h=0.1", "h=1"]
     add("h-clean", "Small h costs clean accuracy (Table B.4)", "clean % error at h = 1e-4, 1e-3, 1e-2, 0.1, 1",
         ", ".join(f"{p4.loc[h, 'clean_error']:.1f}" for h in hs),
-        ", ".join(f"{_get(b4, h, 'clean_error'):.1f}" for h in hs))
+        ", ".join(_num(_get(b4, h, "clean_error")) for h in hs))
     add("h-robust", "h = 0.1 is the most robust; h = 1 loses robustness", "empirical % error at 8/255 for the same h",
         ", ".join(f"{p4.loc[h, 'emp_err_8']:.1f}" for h in hs),
-        ", ".join(f"{_get(b4, h, 'emp_err_8'):.1f}" for h in hs) + " (16/255: "
-        + ", ".join(f"{_get(b4, h, 'emp_err_16'):.1f}" for h in hs) + ")")
+        ", ".join(_num(_get(b4, h, "emp_err_8")) for h in hs) + " (16/255: "
+        + ", ".join(_num(_get(b4, h, "emp_err_16")) for h in hs) + ")")
     add("regularity", "AT and the penalty shrink gradients and omega (Table B.3)",
         "mean l2 gradient norm: undefended, PGD-AT 8/255, FD l2 lam 1",
         ", ".join(f"{p3.loc[k, 'grad_mean']:.2f}" for k in ("undefended", "pgd-at-8", "fd-l2-lam1")),
