@@ -52,7 +52,7 @@ def test_run_names_are_readable_and_distinct_over_the_paper_grid():
     assert "free-m8-linf-eps8_255" in names and "fd-l1-lam1-h0.1" in names and "dbp-l2-lam0.1" in names
     assert "fd-l2-lam0.1-h0.01" in names
     assert run_name(TrainConfig.from_profile("fmnist", seed=3)) == "undefended-seed3"
-    changed = run_name(TrainConfig.from_profile("fmnist", epochs=2))
+    changed = run_name(TrainConfig.from_profile("fmnist", epochs=3))
     assert changed.startswith("undefended-r") and changed != "undefended"
 
 

@@ -32,12 +32,12 @@ __all__ = [
     "side_by_side", "fmt", "run_ids", "checks_table", "check_messages", "bound_audit", "claims", "training_costs", "attack_costs", "stage_hours", "error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
 ]
 
-#: linf radii reported, in units of 1/255: the paper's 2 and 8, plus 16 and 32 for Fashion-MNIST, whose
-#: undefended models are broken at about 8/255 (median) so that the paper's radii alone hide the differences
-#: between defended models.
+#: The linf radii reported, in units of 1/255. The paper's are 2 and 8; 16 and 32 are added for Fashion-MNIST,
+#: whose undefended models are broken at about 8/255 (median), so that the paper's radii alone hide the
+#: differences between defended models.
 LINF_EPS: tuple[float, ...] = (2, 8, 16, 32)
 
-#: The models of each panel of Figure 1 (linf: AT and squared-l1 penalties; l2: AT and squared-l2 penalties).
+#: The models of each panel of Figure 1, AT and squared-l1 penalties in linf, AT and squared-l2 penalties in l2.
 FIGURE1_MODELS: dict[str, tuple[str, ...]] = {
     "linf": ("undefended", "pgd-at-2", "pgd-at-8", "free-at-8", "dbp-l1-lam1", "fd-l1-lam0.1", "fd-l1-lam1-h0.1"),
     "l2": ("undefended", "pgd-at-2", "pgd-at-8", "free-at-8", "dbp-l2-lam1", "fd-l2-lam0.1", "fd-l2-lam1"),
