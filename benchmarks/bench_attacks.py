@@ -14,27 +14,18 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 
 def quick_model(seed: int = 0):
     """fmnist-cnn trained for 2 epochs on 3000 real Fashion-MNIST images (about a minute on one core)."""
     from paperlib.data import load_dataset, subset
     from paperlib.models import build_model
+    from paperlib.theory import quick_train
 
     torch.manual_seed(seed)
     model = build_model("fmnist-cnn")
     xs, ys = subset(load_dataset("fashion-mnist", "train"), 3000, seed=seed).tensors()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for epoch in range(2):
-        perm = torch.randperm(len(xs), generator=torch.Generator().manual_seed(epoch))
-        for i in range(0, len(xs), 100):
-            b = perm[i:i + 100]
-            opt.zero_grad()
-            F.cross_entropy(model(xs[b]), ys[b]).backward()
-            opt.step()
-    return model.eval()
+    return quick_train(model, xs, ys, epochs=2, batch_size=100, lr=0.05, seed=seed)
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from paperlib.config import ConfigError, check_choice, get_profile
 
-__all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "diverged_note", "DIVERGED", "add_parser", "STAGES", "SMOOTHING_MODELS"]
+__all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "stage_subrun", "diverged_note", "DIVERGED", "add_parser", "STAGES", "SMOOTHING_MODELS"]
 
 STAGES = ("train", "attack", "bound", "certify")
 SMOOTHING_MODELS = ("undefended", "fd-l2-lam1")
@@ -128,7 +128,7 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
         progress: tqdm bars in each stage.
         log: where to print one line per finished step.
     """
-    from paperlib.attacks.suite import attack_model, attack_run_name
+    from paperlib.attacks.suite import attack_model
     from paperlib.bounds import run_bounds, run_certify
     from paperlib.data import dataset_info, load_dataset, sample_images
     from paperlib.runs import RunStore, atomic_write_text
@@ -200,20 +200,20 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
 
         if "attack" in stages:
             acfg = evals["attack"]
-            suite = timed_stage("attack", run.subrun(attack_run_name(acfg), acfg), attack_model, model, x, y, idx,
+            suite = timed_stage("attack", stage_subrun(run, acfg), attack_model, model, x, y, idx,
                                 acfg, progress=progress)
             failed = [c[0] for c in suite.checks if not c[1]]
             log(f"    attacks done; checks {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
         if "bound" in stages:
             for norm in ("l2", "linf"):
                 bcfg = evals[f"bound-{norm}"]
-                timed_stage("bound", run.subrun(f"bounds-{norm}", bcfg), run_bounds, model, x[:bcfg.n_images],
+                timed_stage("bound", stage_subrun(run, bcfg), run_bounds, model, x[:bcfg.n_images],
                             y[:bcfg.n_images], idx[:bcfg.n_images], bcfg, progress=progress)
             log("    bounds done (l2, linf)")
         if "certify" in stages and key in SMOOTHING_MODELS:
             ccfg = evals["certify"]
             n = ccfg.n_images
-            timed_stage("certify", run.subrun(f"certify-sigma{ccfg.sigma:g}", ccfg), run_certify, model, x[:n],
+            timed_stage("certify", stage_subrun(run, ccfg), run_certify, model, x[:n],
                         y[:n], idx[:n], ccfg, num_classes=dataset_info(tcfg.dataset).num_classes,
                         progress=progress)
             log(f"    smoothing certificates done (sigma {ccfg.sigma:g})")
@@ -229,6 +229,29 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
     log("wall time per stage (this invocation; finished runs load in seconds): "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
     return report
+
+
+def stage_subrun(run, cfg):
+    """The sub-run of a trained model's run (a :class:`~paperlib.runs.Run` or its directory) that holds an
+    evaluation stage with config ``cfg``: ``attack-<config hash>``
+    (:class:`~paperlib.attacks.suite.AttackConfig`), ``bounds-<norm>``
+    (:class:`~paperlib.bounds.lipschitz.BoundConfig`) or ``certify-sigma<sigma>``
+    (:class:`~paperlib.bounds.smoothing.CertifyConfig`). The one place these names are made, so the grid, the
+    command line, the table pages and the experiment notebooks agree."""
+    from paperlib.attacks.suite import AttackConfig, attack_run_name
+    from paperlib.bounds import BoundConfig, CertifyConfig
+    from paperlib.runs import Run
+
+    if isinstance(cfg, AttackConfig):
+        name = attack_run_name(cfg)
+    elif isinstance(cfg, BoundConfig):
+        name = f"bounds-{cfg.norm}"
+    elif isinstance(cfg, CertifyConfig):
+        name = f"certify-sigma{cfg.sigma:g}"
+    else:
+        raise ConfigError(f"no evaluation stage has a config of type {type(cfg).__name__}; "
+                          "expected AttackConfig, BoundConfig or CertifyConfig")
+    return Run(Path(getattr(run, "path", run)) / name, cfg)
 
 
 def diverged_note(run) -> str | None:

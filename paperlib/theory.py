@@ -204,15 +204,28 @@ def penalty_step_cost(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, nor
 
 
 def quick_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 300, batch_size: int = 128,
-                lr: float = 0.05, seed: int = 0) -> nn.Module:
-    """A few hundred seeded SGD steps on ``(x, y)``: a briefly trained model for the theory chapters, whose
-    gradients look like a trained network's rather than an initialization's. Returns the model in eval mode."""
-    g = torch.Generator().manual_seed(seed)
+                lr: float = 0.05, seed: int = 0, epochs: int | None = None) -> nn.Module:
+    """A briefly trained model (SGD, momentum 0.9) whose gradients look like a trained network's rather than an
+    initialization's, for the theory chapters, tests and benchmarks. Returns the model in eval mode.
+
+    By default ``steps`` seeded minibatches drawn with replacement; with ``epochs``, that many passes over
+    ``(x, y)`` in minibatches of ``batch_size``, shuffled by a generator seeded with ``seed + epoch``.
+    """
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (batch_size,), generator=g)
+
+    def step(idx: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         cross_entropy(model(x[idx]), y[idx]).mean().backward()
         opt.step()
+
+    model.train()
+    if epochs is None:
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            step(torch.randint(0, x.shape[0], (batch_size,), generator=g))
+    else:
+        for epoch in range(epochs):
+            perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + epoch))
+            for i in range(0, x.shape[0], batch_size):
+                step(perm[i:i + batch_size])
     return model.eval()

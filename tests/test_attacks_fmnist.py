@@ -12,7 +12,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from paperlib.attacks import BoundaryAttack, CarliniWagnerL2, LogBarrierAttack, MinimalPGD
 
@@ -32,20 +31,12 @@ def trained():
         torch.set_num_threads(threads)
         pytest.skip(f"real Fashion-MNIST not found ({exc}); install dataset-fashion-mnist ({FMNIST_DIR})")
     from paperlib.models import FashionCNN
+    from paperlib.theory import quick_train
 
     torch.manual_seed(0)
     model = FashionCNN(width=8, hidden=32)
     xs, ys = subset(train_set, 3000, seed=0).tensors()  # fashion-mnist is an in-memory dataset
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for epoch in range(2):
-        perm = torch.randperm(len(xs), generator=torch.Generator().manual_seed(epoch))
-        for i in range(0, len(xs), 100):
-            b = perm[i:i + 100]
-            opt.zero_grad()
-            F.cross_entropy(model(xs[b]), ys[b]).backward()
-            opt.step()
-    model.eval()
+    quick_train(model, xs, ys, epochs=2, batch_size=100, lr=0.05, seed=0)
     x, y, idx = sample_images(test_set, 8, seed=0)
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean()

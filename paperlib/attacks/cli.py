@@ -71,8 +71,9 @@ def run_attack(args: argparse.Namespace) -> int:
     """Run or load the suite on ``args.run``; print the summary and the checks."""
     from pathlib import Path
 
-    from paperlib.attacks.suite import attack_model, attack_run_name
+    from paperlib.attacks.suite import attack_model
     from paperlib.data import load_dataset, sample_images
+    from paperlib.reproduce import stage_subrun
     from paperlib.runs import Run
     from paperlib.training import load_trained
 
@@ -87,7 +88,7 @@ def run_attack(args: argparse.Namespace) -> int:
     x, y, idx = sample_images(dataset, cfg.n_images, seed=cfg.seed)
     x, y = x.to(args.device), y.to(args.device)
     train_run = Run(path, tcfg)
-    run = train_run.subrun(attack_run_name(cfg), cfg)
+    run = stage_subrun(train_run, cfg)
     result = attack_model(model, x, y, idx, cfg, run, progress=args.progress, force=args.force)
     s = result.summary
     print(f"{run.path}: {s.get('n_images')} images, clean error {s.get('clean_error_pct', float('nan')):.2f}%")

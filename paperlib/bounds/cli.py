@@ -43,12 +43,6 @@ def _load(run_path: str, n_images: int | None, image_seed: int, data_root: str |
     return model, tcfg, profile, dataset_info(dataset).num_classes, x, y, idx
 
 
-def _subrun(run_path: str, name: str, cfg: Any) -> Any:
-    from paperlib.runs import Run
-
-    return Run(Path(run_path) / name, cfg)
-
-
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -57,6 +51,7 @@ def cmd_bound(args: argparse.Namespace) -> int:
     """``paperlib bound <run>``: L-bound, omega-bound and EVT fits of one trained model."""
     from paperlib.bounds.audit import audit_model_run
     from paperlib.bounds.lipschitz import BoundConfig, run_bounds
+    from paperlib.reproduce import stage_subrun
 
     model, _, profile, _, x, y, idx = _load(args.run, args.n_images, args.image_seed, args.data_root)
     batch = args.batch_size or (profile.eval_batch_size if profile is not None else 250)
@@ -65,7 +60,7 @@ def cmd_bound(args: argparse.Namespace) -> int:
         lipschitz=args.lipschitz, omega_samples=args.omega_samples, omega_images=args.omega_images,
         eps_max=args.eps_max, grid_size=args.grid_size, tail_prob=args.tail_prob, batch_size=batch, seed=args.seed,
     )
-    run = _subrun(args.run, f"bounds-{cfg.norm}", cfg)
+    run = stage_subrun(args.run, cfg)
     result = run_bounds(model, x, y, idx, cfg, run, force=args.force, progress=not args.no_progress)
     m = result.metrics
     print(f"bounds of {args.run} ({cfg.norm}, {m['n_images']} images) -> {run.path}")
@@ -87,6 +82,7 @@ def cmd_bound(args: argparse.Namespace) -> int:
 def cmd_certify(args: argparse.Namespace) -> int:
     """``paperlib certify <run> --sigma S``: randomized-smoothing certificates of one trained model."""
     from paperlib.bounds.smoothing import CertifyConfig, run_certify
+    from paperlib.reproduce import stage_subrun
 
     cfg_kw = dict(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
                   image_seed=args.image_seed, seed=args.seed)
@@ -96,7 +92,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     n_images = args.n_images if args.n_images is not None else 500
     model, _, _, num_classes, x, y, idx = _load(args.run, n_images, args.image_seed, args.data_root)
     cfg = CertifyConfig(n_images=int(x.shape[0]), **cfg_kw)
-    run = _subrun(args.run, f"certify-sigma{cfg.sigma:g}", cfg)
+    run = stage_subrun(args.run, cfg)
     result = run_certify(model, x, y, idx, cfg, run, num_classes=num_classes, force=args.force,
                          progress=not args.no_progress)
     m = result.metrics

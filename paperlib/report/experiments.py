@@ -228,10 +228,9 @@ def prepare(profile: str = "fmnist", method: str = "penalty", *, penalty: str = 
 
 def attack_subrun(exp: Experiment):
     """The attack suite's sub-run of the model (``<model>/attack-<hash>``, as ``paperlib reproduce`` names it)."""
-    from paperlib.attacks.suite import attack_run_name
+    from paperlib.reproduce import stage_subrun
 
-    acfg = exp.evals["attack"]
-    return exp.run.subrun(attack_run_name(acfg), acfg)
+    return stage_subrun(exp.run, exp.evals["attack"])
 
 
 def run_attacks(exp: Experiment, *, progress: bool = False):
@@ -256,12 +255,13 @@ def run_bound_stage(exp: Experiment, norms: Sequence[str] = ("l2", "linf"), *, p
     """The bounds per norm (sub-runs ``bounds-l2``, ``bounds-linf``), run or loaded
     (:func:`paperlib.bounds.lipschitz.run_bounds`); returns ``{norm: BoundsResult}`` as stored on disk."""
     from paperlib.bounds import load_bounds, run_bounds
+    from paperlib.reproduce import stage_subrun
 
     out = {}
     for norm in norms:
         bcfg = exp.evals[f"bound-{norm}"]
         k = bcfg.n_images
-        sub = exp.run.subrun(f"bounds-{norm}", bcfg)
+        sub = stage_subrun(exp.run, bcfg)
         run_bounds(exp.model, exp.x[:k], exp.y[:k], exp.idx[:k], bcfg, sub, progress=progress)
         out[norm] = load_bounds(sub)
     return out
@@ -272,10 +272,11 @@ def run_certify_stage(exp: Experiment, *, progress: bool = False):
     (:func:`paperlib.bounds.smoothing.run_certify`); returns ``(sub-run, CertifyResult as stored on disk)``."""
     from paperlib.bounds import load_certify, run_certify
     from paperlib.data import dataset_info
+    from paperlib.reproduce import stage_subrun
 
     ccfg = exp.evals["certify"]
     k = ccfg.n_images
-    sub = exp.run.subrun(f"certify-sigma{ccfg.sigma:g}", ccfg)
+    sub = stage_subrun(exp.run, ccfg)
     run_certify(exp.model, exp.x[:k], exp.y[:k], exp.idx[:k], ccfg, sub,
                 num_classes=dataset_info(exp.cfg.dataset).num_classes, progress=progress)
     return sub, load_certify(sub)

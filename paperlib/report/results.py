@@ -78,9 +78,9 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> di
 
     Models that are not trained yet are left out; stages that have not run are None. Nothing is computed.
     """
-    from paperlib.attacks.suite import attack_run_name, load_suite
+    from paperlib.attacks.suite import load_suite
     from paperlib.bounds import load_bounds, load_certify
-    from paperlib.reproduce import SMOOTHING_MODELS, evaluation_configs, grid, stage_seconds
+    from paperlib.reproduce import SMOOTHING_MODELS, evaluation_configs, grid, stage_seconds, stage_subrun
     from paperlib.runs import RunStore, default_runs_dir
     from paperlib.training import run_name
 
@@ -95,15 +95,14 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> di
         res = ModelResults(key=key, path=run.path, run_id=f"{cfg.profile}/{run.path.name}", config=cfg,
                            metrics=run.read_json("metrics.json"), log=run.read_table("train_log.csv"),
                            seconds=seconds.get(key, {}))
-        sub = run.subrun(attack_run_name(evals["attack"]), evals["attack"])
+        sub = stage_subrun(run, evals["attack"])
         if sub.is_finished():
             res.suite = load_suite(sub)
         for norm in ("l2", "linf"):
-            sub = run.subrun(f"bounds-{norm}", evals[f"bound-{norm}"])
+            sub = stage_subrun(run, evals[f"bound-{norm}"])
             if sub.is_finished():
                 res.bounds[norm] = load_bounds(sub)
-        ccfg = evals["certify"]
-        sub = run.subrun(f"certify-sigma{ccfg.sigma:g}", ccfg)
+        sub = stage_subrun(run, evals["certify"])
         if key in SMOOTHING_MODELS and sub.is_finished():
             res.certify = load_certify(sub)
         out[key] = res
