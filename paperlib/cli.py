@@ -13,12 +13,14 @@ Sub-commands map one-to-one to library functions:
 =============  ==============================================================
 
 Bad input (a :class:`~paperlib.config.ConfigError`) is printed as one line ``paperlib: error: ...`` with exit
-status 2, never as a traceback. ``Ctrl-C`` exits with status 130; rerunning the same command resumes.
+status 2, never as a traceback; so is a full disk, a read-only or forbidden path, or a file where a
+directory should be. ``Ctrl-C`` exits with status 130; rerunning the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from typing import Sequence
@@ -52,8 +54,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
+    from paperlib.config import check_runs_dir
     from paperlib.runs import RunStore
 
+    if args.runs_dir is not None:
+        check_runs_dir(args.runs_dir, "--runs-dir", writable=False)
     store = RunStore(args.runs_dir)
     rows = store.list_runs(args.profile)
     if not rows:
@@ -63,6 +68,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     print(f"{'run':<{width}}  {'status':<9} {'type':<14} hash")
     for r in rows:
         print(f"{r['path']:<{width}}  {r['status']:<9} {r['type']:<14} {r['hash']}")
+        if r.get("problem"):
+            print(f"{'':<{width}}    {r['problem']}")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -102,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: errors of the machine rather than of paperlib: reported in one line, never as a traceback
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                       errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                       errno.EPERM: "operation not permitted", errno.ENOTDIR: "not a directory",
+                       errno.EEXIST: "a file is in the way"}
+
+
+def _os_error_message(exc: OSError) -> str | None:
+    """One line for an :class:`OSError` the machine caused (a full disk, a read-only or forbidden path)."""
+    what = _ENVIRONMENT_ERRNOS.get(exc.errno)
+    if what is None:
+        return None
+    where = f": {exc.filename}" if exc.filename else ""
+    advice = ("; free some space and run the same command again (a run resumes from its last checkpoint)"
+              if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+    return f"{what}{where}{advice}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
@@ -110,6 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"paperlib: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        message = _os_error_message(exc)
+        if message is None:
+            raise
+        print(f"paperlib: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("paperlib: interrupted; run the same command again to resume from the last checkpoint",

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from paperlib.config import ConfigError, check_choice, get_profile
 
-__all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "stage_subrun", "diverged_note", "DIVERGED", "add_parser", "STAGES", "SMOOTHING_MODELS"]
+__all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "stage_subrun", "diverged_note", "DIVERGED", "add_parser", "STAGES", "SMOOTHING_MODELS", "RECIPE_FIELDS", "recipe_tag"]
 
 STAGES = ("train", "attack", "bound", "certify")
 SMOOTHING_MODELS = ("undefended", "fd-l2-lam1")
@@ -42,12 +42,29 @@ H_STUDY = (1e-4, 1e-3, 1e-2, 0.1, 1.0)
 DIVERGED = "DIVERGED.json"
 
 
-def grid(profile: str) -> dict[str, Any]:
-    """The paper's grid of :class:`~paperlib.training.TrainConfig` for ``profile``, keyed by paper row key."""
+#: Recipe fields of the training config that ``reproduce`` lets a user change for the whole grid.
+RECIPE_FIELDS = ("epochs", "milestones", "grad_clip")
+
+
+def grid(profile: str, recipe: dict[str, Any] | None = None, free_schedule: str | None = None) -> dict[str, Any]:
+    """The paper's grid of :class:`~paperlib.training.TrainConfig` for ``profile``, keyed by paper row key.
+
+    Args:
+        profile: the profile whose recipe every model follows.
+        recipe: fields of :data:`RECIPE_FIELDS` changed for every model (their run names then carry the
+            ``-r<hash>`` of the change, so they live beside the profile's own grid).
+        free_schedule: the free-AT models' ``free_schedule`` (``'steps'``: as many SGD steps as the others).
+    """
     from paperlib.training import TrainConfig
 
+    recipe = dict(recipe or {})
+    for k in recipe:
+        check_choice("recipe field", k, RECIPE_FIELDS)
+
     def make(**kw):
-        return TrainConfig.from_profile(profile, **kw)
+        if kw.get("method") == "free-at" and free_schedule is not None:
+            kw["free_schedule"] = free_schedule
+        return TrainConfig.from_profile(profile, **recipe, **kw)
 
     g: dict[str, Any] = {"undefended": make(method="undefended")}
     for e in (2, 8):
@@ -116,40 +133,48 @@ def _timed(times: dict[str, float], stage: str, fn, *args, **kwargs):
         times[stage] = times.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[str] = STAGES,
-              only: Sequence[str] | None = None, progress: bool = True, log=print) -> dict[str, Any]:
+def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Sequence[str] = STAGES,
+              only: Sequence[str] | None = None, progress: bool = True, log=print,
+              recipe: dict[str, Any] | None = None, free_schedule: str | None = None) -> dict[str, Any]:
     """Run (or load) the grid of ``profile`` through ``stages``; return per-stage wall times and the runs.
 
     Args:
         profile: ``smoke``, ``fmnist``, ``cifar10`` or ``imagenet``.
-        runs_dir: root of the run store.
+        runs_dir: root of the run store (default ``$PAPERLIB_RUNS``, else ``./runs``).
         stages: subset of :data:`STAGES`, run in that order for every model.
         only: restrict to these grid keys (default: the whole grid).
         progress: tqdm bars in each stage.
         log: where to print one line per finished step.
+        recipe, free_schedule: see :func:`grid`.
+
+    Several processes may work on one grid at once (e.g. two with one thread each on a 2-core machine): a
+    model another process is training is skipped and taken up at the end, once that process has finished it.
     """
     from paperlib.attacks.suite import attack_model
     from paperlib.bounds import run_bounds, run_certify
     from paperlib.data import dataset_info, load_dataset, sample_images
-    from paperlib.runs import RunStore, atomic_write_text
+    from paperlib.runs import RunLockedError, RunStore, atomic_write_text
     from paperlib.training import TrainingDivergedError, load_trained, train
 
     for s in stages:
         check_choice("stage", s, STAGES)
-    configs = grid(profile)
+    configs = grid(profile, recipe, free_schedule)
     keys = list(configs)
     if only:
         for k in only:
             check_choice("model", k, keys)
         keys = [k for k in keys if k in only]
     store = RunStore(runs_dir)
+    tag = recipe_tag(recipe, free_schedule)
     evals = evaluation_configs(profile)
     times: dict[str, float] = {}
     runs: dict[str, str] = {}
     diverged: dict[str, str] = {}
     images = None
     start = time.perf_counter()
-    for i, key in enumerate(keys, 1):
+    queue = [(i, key, False) for i, key in enumerate(keys, 1)]
+    while queue:
+        i, key, wait = queue.pop(0)
         cfg = configs[key]
         computed: dict[str, float] = {}  # seconds of the stages that did work now (not loaded)
         if "train" in stages:
@@ -163,7 +188,11 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
             was = pre.is_finished()
             t0 = time.perf_counter()
             try:
-                run = _timed(times, "train", train, cfg, store, progress=progress)
+                run = _timed(times, "train", train, cfg, store, progress=progress, wait=wait)
+            except RunLockedError as exc:
+                log(f"[{i}/{len(keys)}] {key}: {exc}; coming back to it at the end")
+                queue.append((i, key, True))
+                continue
             except TrainingDivergedError as exc:
                 # One model's divergence is a result (the paper's h = 1e-4 row is the case in point), not a
                 # reason to stop the grid: record it where the table pages find it, and go on.
@@ -182,7 +211,7 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
             continue
         log(f"[{i}/{len(keys)}] {key}: trained ({run.path})")
         if not set(stages) & {"attack", "bound", "certify"}:
-            _record_timing(store.root / profile, key, computed)
+            _record_timing(store.root / profile, key, computed, tag)
             continue
         model, tcfg = load_trained(run)
         if images is None:
@@ -217,13 +246,15 @@ def reproduce(profile: str, runs_dir: str | Path = "runs", *, stages: Sequence[s
                         y[:n], idx[:n], ccfg, num_classes=dataset_info(tcfg.dataset).num_classes,
                         progress=progress)
             log(f"    smoothing certificates done (sigma {ccfg.sigma:g})")
-        _record_timing(store.root / profile, key, computed)
+        _record_timing(store.root / profile, key, computed, tag)
     times["total"] = time.perf_counter() - start
     report = {"profile": profile, "stages": list(stages), "models": keys, "seconds": times, "runs": runs,
               "diverged": diverged}
     import json
 
-    path = store.root / profile / "reproduce.json"
+    report["recipe"] = {k: list(v) if isinstance(v, tuple) else v for k, v in (recipe or {}).items()}
+    report["free_schedule"] = free_schedule
+    path = store.root / profile / f"reproduce{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
     log("wall time per stage (this invocation; finished runs load in seconds): "
@@ -262,8 +293,19 @@ def diverged_note(run) -> str | None:
     return rec.get("message", "diverged") if rec.get("hash") == run.hash else None
 
 
-def _record_timing(root: Path, key: str, computed: dict[str, float]) -> None:
-    """Add the seconds of the stages computed now to ``<root>/timings/<key>.json`` (loaded stages keep the
+def recipe_tag(recipe: dict[str, Any] | None = None, free_schedule: str | None = None) -> str:
+    """``''`` for the profile's own grid, else ``-r<hash>`` of the recipe change: the suffix of the grid's
+    records (``reproduce<tag>.json``, ``timings<tag>/``), so a changed grid never overwrites the profile's."""
+    from paperlib.config import config_hash
+
+    change = {k: list(v) if isinstance(v, tuple) else v for k, v in (recipe or {}).items()}
+    if free_schedule is not None:
+        change["free_schedule"] = free_schedule
+    return "-r" + config_hash(change, length=6) if change else ""
+
+
+def _record_timing(root: Path, key: str, computed: dict[str, float], tag: str = "") -> None:
+    """Add the seconds of the stages computed now to ``<root>/timings<tag>/<key>.json`` (loaded stages keep the
     seconds of the invocation that computed them)."""
     import json
 
@@ -271,19 +313,19 @@ def _record_timing(root: Path, key: str, computed: dict[str, float]) -> None:
 
     if not computed:
         return
-    path = root / "timings" / f"{key}.json"
+    path = root / f"timings{tag}" / f"{key}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     old.update({k: round(v, 1) for k, v in computed.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(old, indent=2, sort_keys=True) + "\n")
 
 
-def stage_seconds(profile_dir: str | Path) -> dict[str, dict[str, float]]:
+def stage_seconds(profile_dir: str | Path, tag: str = "") -> dict[str, dict[str, float]]:
     """Per-model seconds of each stage as :func:`reproduce` measured them when it computed them:
-    ``{key: {'train': s, 'attack': s, ...}}`` from ``<profile_dir>/timings/``."""
+    ``{key: {'train': s, 'attack': s, ...}}`` from ``<profile_dir>/timings<tag>/`` (see :func:`recipe_tag`)."""
     import json
 
-    d = Path(profile_dir) / "timings"
+    d = Path(profile_dir) / f"timings{tag}"
     return {p.stem: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
 
 
@@ -298,7 +340,18 @@ def _cmd(args: argparse.Namespace) -> int:
     only = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else None
     if not stages:
         raise ConfigError(f"--stages {args.stages!r} is empty; choose from {', '.join(STAGES)}")
-    reproduce(args.profile, args.runs_dir, stages=stages, only=only, progress=args.progress)
+    recipe: dict[str, Any] = {}
+    if args.epochs is not None:
+        recipe["epochs"] = args.epochs
+    if args.milestones is not None:
+        try:
+            recipe["milestones"] = tuple(int(v) for v in args.milestones.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(f"--milestones {args.milestones!r} must be comma-separated integers, e.g. 8,12,14") from None
+    if args.grad_clip is not None:
+        recipe["grad_clip"] = args.grad_clip
+    reproduce(args.profile, args.runs_dir, stages=stages, only=only, progress=args.progress, recipe=recipe,
+              free_schedule=args.free_schedule)
     return 0
 
 
@@ -307,8 +360,13 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("reproduce", help="the paper's whole grid for a profile (train, attack, bound, certify)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="fmnist", help="smoke | fmnist | cifar10 | imagenet (default fmnist)")
-    p.add_argument("--runs-dir", default="runs", help="run store root (default ./runs)")
+    p.add_argument("--runs-dir", default=None, help="run store root (default: $PAPERLIB_RUNS or ./runs)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--only", default=None, help="comma-separated grid keys (e.g. undefended,fd-l2-lam1)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    r = p.add_argument_group("recipe changes for every model (defaults from the profile)")
+    r.add_argument("--epochs", type=int, default=None, help="training epochs")
+    r.add_argument("--milestones", default=None, help="learning-rate drop epochs, e.g. 8,12,14")
+    r.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm at this value")
+    r.add_argument("--free-schedule", default=None, help="free AT: 'steps' = as many SGD steps as the others")
     p.set_defaults(func=_cmd)

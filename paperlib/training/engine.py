@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from paperlib.config import (
+    OMIT_AT_DEFAULT,
     ConfigError,
     PROFILES,
     check_choice,
@@ -56,13 +57,13 @@ from paperlib.training.distributed import (
 from paperlib.training.methods import METHODS, build_method
 
 __all__ = ["TrainConfig", "TrainingDivergedError", "run_name", "train", "load_trained", "evaluate",
-           "learning_rate", "train_epochs"]
+           "learning_rate", "train_epochs", "minibatches_per_pass"]
 
 # Fields that belong to one method only; they are None for the others.
 _METHOD_FIELDS = {
     "penalty": ("penalty", "norm", "lam", "h", "scheme", "scale", "bn_guard"),
     "pgd-at": ("norm", "eps", "steps", "step_size", "random_start", "bn_guard"),
-    "free-at": ("norm", "eps", "m"),
+    "free-at": ("norm", "eps", "m", "free_schedule"),
     "undefended": (),
 }
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -105,6 +106,10 @@ class TrainConfig:
         amp: bfloat16 autocast on CUDA (off by default: the FD quotient ``(l(x+hd) - l(x))/h`` loses digits in
             low precision; the loss itself is computed in float32 either way). Ignored on CPU.
         channels_last: ``'auto'`` (on CUDA with amp), ``'on'``, ``'off'``.
+        grad_clip: clip the parameter gradient's global l2 norm to this value before every optimizer step
+            (``None``: no clipping, the paper's recipe). A stabilisation for the finite-difference penalty at
+            small h, where a ReLU switching between x and x + h d makes the parameter gradient jump by O(1/h);
+            the fraction of clipped steps is logged per epoch.
 
     Other Parameters:
         method: ``'undefended'``, ``'penalty'``, ``'pgd-at'`` or ``'free-at'``.
@@ -118,6 +123,11 @@ class TrainConfig:
         eps: AT ball radius in pixel units (8/255); steps: PGD steps (7); step_size: PGD step (default eps/4);
             random_start: Madry's uniform start (True) or the authors' start at x (False).  [pgd-at]
         m: free-AT replays per minibatch (8).                                             [free-at]
+        free_schedule: ``'steps'``: free AT takes as many SGD steps as standard training of ``epochs`` epochs
+            (``epochs * steps_per_epoch / m`` minibatches, each replayed m times) with the same learning-rate
+            schedule counted in replay-epochs, as Shafahi et al. do; ``None``: the earlier schedule of
+            ``ceil(epochs / m)`` passes of m replays with milestones divided by m (kept so runs stored under it
+            keep their config hash).                                                      [free-at]
 
     Fields of other methods must be left None (an explicit value is an error, so a run name never hides a
     setting). Bad values raise :class:`~paperlib.config.ConfigError` naming the value and what is allowed.
@@ -154,6 +164,9 @@ class TrainConfig:
     step_size: float | None = None
     random_start: bool | None = None
     m: int | None = None
+    # Added after runs were stored: left out of the hash while at their default (see config.OMIT_AT_DEFAULT).
+    grad_clip: float | None = field(default=None, metadata={OMIT_AT_DEFAULT: True})
+    free_schedule: str | None = field(default=None, metadata={OMIT_AT_DEFAULT: True})
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -255,6 +268,10 @@ class TrainConfig:
             set_("step_size", float(check_positive("step_size", self.step_size)))
         if method == "free-at":
             _check_int("m", self.m, 1)
+            if self.free_schedule is not None:
+                check_choice("free_schedule", self.free_schedule, ("steps",))
+        if self.grad_clip is not None:
+            set_("grad_clip", float(check_positive("grad_clip", self.grad_clip)))
         for name in ("bn_guard", "random_start"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
@@ -269,28 +286,50 @@ class TrainConfig:
 
 
 def train_epochs(cfg: TrainConfig) -> int:
-    """Epochs actually run: ``epochs``, or ``ceil(epochs / m)`` for free AT (same total work)."""
+    """Passes over the data actually run: ``epochs``, or ``ceil(epochs / m)`` for free AT (the last pass of
+    the ``'steps'`` schedule may stop early, see :func:`minibatches_per_pass`)."""
     return max(1, math.ceil(cfg.epochs / cfg.replays))
 
 
-def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of (0-based) ``epoch``: ``lr * lr_gamma ** #(milestones <= epoch)``.
+def minibatches_per_pass(cfg: TrainConfig, steps_per_epoch: int) -> list[int]:
+    """Minibatches of each pass over the data, for ``steps_per_epoch`` minibatches in a full pass.
 
-    For free AT the milestones are divided by ``m`` (rounded) like the epochs.
+    Free AT with ``free_schedule='steps'`` processes ``ceil(epochs * steps_per_epoch / m)`` minibatches in all
+    (m SGD steps each, so as many SGD steps as standard training, up to m - 1); every other run does full passes.
     """
+    passes = train_epochs(cfg)
+    if cfg.method != "free-at" or cfg.free_schedule != "steps":
+        return [steps_per_epoch] * passes
+    total = math.ceil(cfg.epochs * steps_per_epoch / cfg.replays)
+    return [min(steps_per_epoch, total - p * steps_per_epoch) for p in range(passes)]
+
+
+def learning_rate(cfg: TrainConfig, epoch: int, sgd_epoch: float | None = None) -> float:
+    """The learning rate of (0-based) pass ``epoch``: ``lr * lr_gamma ** #(milestones <= epoch)``.
+
+    Free AT: with ``free_schedule='steps'`` the milestones count replay-epochs, the SGD steps taken so far
+    divided by a standard epoch's steps, passed as ``sgd_epoch``; with the earlier schedule the milestones are
+    divided by ``m`` (rounded) like the epochs.
+    """
+    if cfg.method == "free-at" and cfg.free_schedule == "steps":
+        at = epoch * cfg.replays if sgd_epoch is None else sgd_epoch
+        return cfg.lr * cfg.lr_gamma ** sum(at >= mst for mst in cfg.milestones)
     r = cfg.replays
     milestones = [max(1, round(mst / r)) for mst in cfg.milestones]
     return cfg.lr * cfg.lr_gamma ** sum(epoch >= mst for mst in milestones)
 
 
 def _fmt(x: float) -> str:
-    return f"{x:g}"
+    """``x`` short (``0.1``, ``1``, ``1e-05``) when that reads back as exactly ``x``, else at full precision, so
+    two different values never share a run name."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
 
 
 def _eps_name(eps: float) -> str:
-    k = eps * 255
-    if abs(k - round(k)) < 1e-6:
-        return f"{round(k)}_255"
+    k = round(eps * 255)
+    if k > 0 and k / 255 == eps:
+        return f"{k}_255"
     return _fmt(eps)
 
 
@@ -322,6 +361,8 @@ def run_name(cfg: TrainConfig) -> str:
         parts = [f"free-m{cfg.m}", cfg.norm, f"eps{_eps_name(cfg.eps)}"]
     if cfg.bn_guard:
         parts.append("bnguard")
+    if cfg.free_schedule == "steps":
+        parts.append("sgdsteps")
     if cfg.seed:
         parts.append(f"seed{cfg.seed}")
     recipe = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
@@ -403,7 +444,7 @@ def _resolve_run(cfg: TrainConfig, store_or_run):
 
 
 def train(cfg: TrainConfig, store_or_run=None, *, resume: bool = True, progress: bool = True,
-          force: bool = False, device: str | torch.device | None = None):
+          force: bool = False, device: str | torch.device | None = None, wait: bool | float = False):
     """Train ``cfg`` into the run store and return its finished :class:`~paperlib.runs.Run`.
 
     Args:
@@ -414,6 +455,8 @@ def train(cfg: TrainConfig, store_or_run=None, *, resume: bool = True, progress:
         progress: show a tqdm bar (rank 0 only).
         force: retrain even if a finished run exists, and move a stale run (another config) aside.
         device: ``'cpu'``/``'cuda'``/...; default CUDA (``LOCAL_RANK``) if available.
+        wait: if another process is training this run, wait for it (True, or seconds) instead of raising
+            :class:`~paperlib.runs.RunLockedError`.
 
     A finished run with the same config is returned as is. Under torchrun every rank calls this; only rank
     0 writes. Raises :class:`TrainingDivergedError` on a non-finite loss (epoch and step named; the last
@@ -438,7 +481,7 @@ def train(cfg: TrainConfig, store_or_run=None, *, resume: bool = True, progress:
         return _train_loop(cfg, r, env, resume=resume, progress=progress)
 
     if env.is_main:
-        return load_or_run(run, work, force=force)
+        return load_or_run(run, work, force=force, wait=wait)
     work(run)
     return run
 
@@ -462,9 +505,21 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
     train_ds = subset(load_dataset(cfg.dataset, "train", augment=cfg.augment), cfg.train_subset, seed=0)
     test_ds = subset(load_dataset(cfg.dataset, "test"), cfg.test_subset, seed=0)
 
+    per_rank_batch = cfg.batch_size // env.world_size
+    steps_per_epoch = len(train_ds) // (per_rank_batch * env.world_size)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(train_ds)} training images, so an "
+                          "epoch (which drops the last incomplete batch) takes no optimizer step; lower "
+                          "--batch-size or raise --train-subset")
     start_epoch, rows, train_seconds = 0, [], 0.0
     ckpt = run.load_checkpoint() if resume else None
     if ckpt is not None:
+        if ckpt.get("config_hash") != run.hash:
+            from paperlib.runs import StaleRunError
+
+            raise StaleRunError(f"{run.path / 'checkpoint.pt'} is a checkpoint of another configuration (hash "
+                                f"{ckpt.get('config_hash')}, this run {run.hash}); retrain with --force (or "
+                                "--no-resume)")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         method.load_state_dict(ckpt.get("method", {}))
@@ -475,12 +530,15 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
             run.log(f"resuming from the checkpoint of epoch {start_epoch}")
     ddp_model = wrap_model(model, env)
     n_epochs = train_epochs(cfg)
-    per_rank_batch = cfg.batch_size // env.world_size
+    per_pass = minibatches_per_pass(cfg, steps_per_epoch)
+    per_step_lr = cfg.method == "free-at" and cfg.free_schedule == "steps"
+    stepper = _ClippedOptimizer(optimizer, _trainable_params(model), cfg.grad_clip)
 
     for epoch in range(start_epoch, n_epochs):
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        stepper.reset_counts()
         torch.manual_seed(_step_seed(cfg, epoch, 0, env.rank) + 1)  # augmentation draws (in-process)
         loader = make_loader(train_ds, per_rank_batch, shuffle=True, seed=cfg.seed, epoch=epoch, rank=env.rank,
                              world_size=env.world_size, drop_last=True, num_workers=cfg.num_workers)
@@ -491,11 +549,18 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
         if progress and env.is_main:
             from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
 
-            bar = tqdm(total=len(loader), desc=f"{run.name} epoch {epoch + 1}/{n_epochs}", leave=False,
+            bar = tqdm(total=per_pass[epoch], desc=f"{run.name} epoch {epoch + 1}/{n_epochs}", leave=False,
                        dynamic_ncols=True)
         _sync(device)
         t0 = time.perf_counter()
         for step, (x, y) in enumerate(loader):
+            if step >= per_pass[epoch]:
+                break
+            if per_step_lr:  # free AT counted in SGD steps: the schedule of replay-epochs
+                done = (sum(per_pass[:epoch]) + step) * cfg.replays / steps_per_epoch
+                lr = learning_rate(cfg, epoch, sgd_epoch=done)  # the log shows the pass's last one
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if channels_last:
@@ -513,7 +578,7 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
                         f"{last}. Lower the learning rate or lam, or check the data.")
 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                stats = method.step(ddp_model, optimizer, x, y, check_loss=check_loss, generator=gen)
+                stats = method.step(ddp_model, stepper, x, y, check_loss=check_loss, generator=gen)
             for k, v in stats.items():
                 sums[k] = sums.get(k, torch.zeros((), device=device, dtype=torch.float64)) + v.double()
             steps += 1
@@ -531,6 +596,8 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "steps": steps * cfg.replays}
         for k in ("loss", "clean_loss", "penalty", "grad_norm"):
             row[f"train_{k}"] = means.get(k, float("nan"))
+        if cfg.grad_clip is not None:
+            row["clipped_pct"] = 100.0 * stepper.clipped / max(stepper.steps, 1)
         row["train_seconds"] = epoch_seconds
         row["train_seconds_total"] = train_seconds
         if env.is_main:
@@ -538,6 +605,7 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
             ev = evaluate(model, test_ds, batch_size=cfg.eval_batch_size, device=device,
                           num_workers=cfg.num_workers, channels_last=channels_last)
             row.update(test_loss=ev["loss"], test_error_pct=ev["error_pct"], eval_seconds=time.perf_counter() - t1)
+            _check_trained(model, ev["loss"], run.name, f"after epoch {epoch + 1}", _num_classes(cfg))
             rows.append(row)
             import pandas as pd
 
@@ -553,6 +621,7 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
         barrier(env)
 
     if env.is_main:
+        _check_trained(model, rows[-1]["test_loss"], run.name, "at the end of training", _num_classes(cfg))
         run.save_weights(model.state_dict(), architecture=architecture_fingerprint(model))
     last = rows[-1]
     return {
@@ -568,6 +637,60 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
         "test_images": len(test_ds),
         "train_images": len(train_ds),
     }
+
+
+#: A test cross-entropy above this many times chance's (ln K) means the model is broken, not trained: even a
+#: model with every test image wrong at moderate confidence stays well below it.
+DIVERGED_LOSS_FACTOR = 10.0
+
+
+def _num_classes(cfg: TrainConfig) -> int:
+    from paperlib.data import dataset_info
+
+    return dataset_info(cfg.dataset).num_classes
+
+
+def _check_trained(model: nn.Module, test_loss: float, name: str, when: str, num_classes: int) -> None:
+    """Raise :class:`TrainingDivergedError` unless the weights are finite and the test loss finite and below
+    :data:`DIVERGED_LOSS_FACTOR` times chance's cross-entropy (a run blown up after its last checked loss)."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise TrainingDivergedError(f"run {name}: the weights are not finite {when} ({', '.join(bad[:3])}); "
+                                    "lower the learning rate or lam")
+    limit = DIVERGED_LOSS_FACTOR * math.log(num_classes)
+    if not math.isfinite(test_loss) or test_loss > limit:
+        raise TrainingDivergedError(f"run {name}: test loss {test_loss:g} {when} is not finite or above "
+                                    f"{limit:.3g} ({DIVERGED_LOSS_FACTOR:g} x chance's ln {num_classes}); the "
+                                    "model diverged: lower the learning rate or lam")
+
+
+def _trainable_params(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class _ClippedOptimizer:
+    """The optimizer as the training methods see it: ``step`` first clips the gradient's global l2 norm to
+    ``max_norm`` (if set) and counts how often that engaged; everything else is the wrapped optimizer's."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_norm: float | None):
+        self.optimizer, self.params, self.max_norm = optimizer, params, max_norm
+        self.reset_counts()
+
+    def reset_counts(self) -> None:
+        self.steps, self.clipped = 0, 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        if self.max_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+            self.clipped += int(norm > self.max_norm)
+        self.steps += 1
+        self.optimizer.step()
+
+    def __getattr__(self, name: str):
+        return getattr(self.optimizer, name)
 
 
 def load_trained(run_or_path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
@@ -593,9 +716,7 @@ def load_trained(run_or_path, *, device: str | torch.device = "cpu") -> tuple[nn
         raise ConfigError(f"{path} holds a {stored.get('type')} run, not a training run")
     cfg = config_from_dict(TrainConfig, stored["config"])
     run = Run(path, cfg)
-    if run.status != "finished":
-        raise ConfigError(f"training run {path} is {run.status}, not finished; train it first "
-                          f"(paperlib train --profile {cfg.profile} ...)")
+    run.require_finished(f"train it first (paperlib train --profile {cfg.profile} ...)")
     torch.manual_seed(0)
     model = _build(cfg)
     model.load_state_dict(run.load_weights(architecture=architecture_fingerprint(model)))
