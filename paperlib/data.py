@@ -31,12 +31,12 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-from paperlib.config import ConfigError, check_choice
+from paperlib.config import ConfigError, check_choice, check_count, check_int
 
 __all__ = [
     "DATASETS",
@@ -45,6 +45,7 @@ __all__ = [
     "DataNotFoundError",
     "InMemoryDataset",
     "dataset_info",
+    "check_split_count",
     "load_dataset",
     "make_loader",
     "subset",
@@ -91,6 +92,19 @@ def dataset_info(name: str) -> DatasetInfo:
     """Shape, number of classes and split sizes of a dataset name."""
     check_choice("dataset", name, DATASETS)
     return _INFO[name]
+
+
+def check_split_count(name: str, n: Any, dataset: str, split: str) -> int:
+    """Require an integer ``n`` in ``[1, size]``, ``size`` being the number of images of ``dataset``'s
+    ``split`` (``'train'`` or ``'test'``, from :func:`dataset_info`); the message names the option (``name``)
+    and the split's size. The rule of every entry point that takes a number of images (``--n``,
+    ``--n-images``, ``--train-subset``, ``--test-subset``, ``n_images``)."""
+    info = dataset_info(dataset)
+    check_choice("split", split, SPLITS)
+    size = info.train_size if split == "train" else info.test_size
+    if size is None:  # pragma: no cover - every known dataset has sizes
+        return check_int(name, n, 1)
+    return check_count(name, n, size, f"{'training' if split == 'train' else 'test'} images of {dataset}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,15 +160,22 @@ class _Subset(Dataset):
         return self.base[int(self.indices[i])]
 
 
-def subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
-    """A seeded random subset of ``n`` items (``None`` or ``n >= len`` returns the dataset unchanged).
+def _set_name(dataset: Dataset) -> str:
+    return f"images of {getattr(dataset, 'name', None) or 'the dataset'}"
 
-    In-memory datasets stay in memory (an :class:`InMemoryDataset` with the chosen rows).
+
+def subset(dataset: Dataset, n: int | None, seed: int = 0, *, name: str = "n") -> Dataset:
+    """A seeded random subset of ``n`` items (``None`` or ``n == len`` returns the dataset unchanged).
+
+    In-memory datasets stay in memory (an :class:`InMemoryDataset` with the chosen rows). ``n`` larger than
+    the dataset is a :class:`~paperlib.config.ConfigError` naming its size (``name`` is the option's name in
+    the message, e.g. ``'train_subset'``).
     """
-    if n is None or n >= len(dataset):
+    if n is None:
         return dataset
-    if n < 1:
-        raise ConfigError(f"subset size n={n!r} must be >= 1")
+    check_count(name, n, len(dataset), _set_name(dataset))
+    if n == len(dataset):
+        return dataset
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     if isinstance(dataset, InMemoryDataset):
         return InMemoryDataset(dataset.images[idx], dataset.labels[idx], name=dataset.name)
@@ -167,11 +188,10 @@ def sample_images(dataset: Dataset, n: int, seed: int = 0) -> tuple[torch.Tensor
     ``idx`` are positions in ``dataset``; the same ``(n, seed)`` always picks the same images, so the attack
     suite, the bounds and the certification of one model line up image by image. The draw is a prefix of
     one seeded permutation, so the first ``k`` images of a larger draw are exactly the images of a draw of
-    ``k`` (a 200-image run is a subset of the 1000-image run with the same seed).
+    ``k`` (a 200-image run is a subset of the 1000-image run with the same seed). ``n`` larger than the
+    dataset is a :class:`~paperlib.config.ConfigError` naming its size.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n={n!r} images must be a positive integer")
-    n = min(n, len(dataset))
+    n = check_count("n", n, len(dataset), _set_name(dataset))
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
     if isinstance(dataset, InMemoryDataset):
         x, y = dataset.batch(idx)

@@ -18,19 +18,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from fractions import Fraction
 
-from paperlib.config import ConfigError
+from paperlib.config import ConfigError, parse_number
 
-__all__ = ["add_parser", "parse_number"]
-
-
-def parse_number(text: str) -> float:
-    """A float, or a fraction such as ``8/255``."""
-    try:
-        return float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.031 or 8/255)") from None
+__all__ = ["add_parser", "parse_number", "config_from_args", "check_args"]
 
 
 def _milestones(text: str) -> tuple[int, ...]:
@@ -117,11 +108,30 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig.from_profile(args.profile, method=method, **overrides)
 
 
+def check_args(args: argparse.Namespace, cfg) -> None:
+    """What the command line checks beyond the config itself, before anything runs: subsets no larger than
+    the dataset's splits, an adversarial-training linf ``--eps`` <= 1, a ``--device`` this machine has and a
+    usable ``--runs-dir`` (the rules of :mod:`paperlib.config` and :func:`paperlib.data.check_split_count`)."""
+    from paperlib.config import check_device, check_linf_eps, check_runs_dir
+    from paperlib.data import check_split_count
+
+    for option, field, split in (("--train-subset", "train_subset", "train"), ("--test-subset", "test_subset", "test")):
+        if getattr(cfg, field) is not None:
+            check_split_count(option, getattr(cfg, field), cfg.dataset, split)
+    if cfg.method in ("pgd-at", "free-at") and cfg.eps is not None:
+        check_linf_eps("--eps", cfg.eps, cfg.norm)
+    if args.device is not None:
+        check_device(args.device, "--device")
+    if args.runs_dir is not None:
+        check_runs_dir(args.runs_dir, "--runs-dir")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from paperlib.training import TrainingDivergedError, train
     from paperlib.training.distributed import destroy_distributed, init_distributed
 
     cfg = config_from_args(args)
+    check_args(args, cfg)
     env = init_distributed(args.device)
     try:
         run = train(cfg, args.runs_dir, resume=args.resume, progress=args.progress, force=args.force,

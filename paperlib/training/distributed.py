@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from paperlib.config import check_device
+
 __all__ = ["DistEnv", "init_distributed", "wrap_model", "unwrap_model", "barrier", "all_reduce_mean",
            "all_reduce_sum", "destroy_distributed"]
 
@@ -54,6 +56,8 @@ def init_distributed(device: str | torch.device | None = None) -> DistEnv:
 
     Args:
         device: force a device (``'cpu'``, ``'cuda'``, ``'cuda:1'``); by default CUDA ``LOCAL_RANK`` if present.
+            An unknown device, or one this machine does not have, is a :class:`~paperlib.config.ConfigError`
+            (:func:`paperlib.config.check_device`).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -61,7 +65,7 @@ def init_distributed(device: str | torch.device | None = None) -> DistEnv:
     if device is None:
         dev = _default_device(local_rank)
     else:
-        dev = torch.device(device)
+        dev = check_device(device)
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
     if dev.type == "cuda":
