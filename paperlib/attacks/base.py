@@ -8,6 +8,8 @@ Every attack is an object built with keyword-only parameters (literature default
 with ``x`` a batch ``[B, C, H, W]`` of images in [0, 1], ``y`` the labels ``[B]`` (int64) and ``model`` a module
 returning logits ``[B, K]``. The contract, enforced here once for all attacks:
 
+* images that are not finite or not in [0, 1], labels outside ``[0, K)``, logits not ``[B, K]`` and a linf
+  ``eps`` above 1 are a :class:`~paperlib.config.ConfigError` (never an attack "success");
 * ``x`` is never modified; the model is put in eval mode during the attack and its modes restored after;
 * images the model already misclassifies are not attacked: adversarial = x, success, distance 0;
 * the returned adversarials are inside [0, 1] (and inside the eps-ball for fixed-eps attacks);
@@ -31,7 +33,14 @@ import torch
 from torch import Tensor, nn
 
 from paperlib.models import eval_mode
-from paperlib.config import ConfigError, normalize_norm
+from paperlib.config import (
+    ConfigError,
+    check_labels,
+    check_linf_eps,
+    check_logits,
+    check_unit_images,
+    normalize_norm,
+)
 
 __all__ = [
     "AttackResult",
@@ -42,6 +51,7 @@ __all__ = [
     "image_keys",
     "eval_mode",
     "predict",
+    "logits_of",
     "distances",
 ]
 
@@ -144,10 +154,21 @@ class ImageNoise:
 
 
 
-def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
-    """Predicted labels ``[B]`` (argmax of the logits), without gradients, in chunks of ``batch_size``."""
+def logits_of(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    """The model's logits ``[B, K]``, without gradients, in chunks of ``batch_size``; any other output shape
+    is a :class:`~paperlib.config.ConfigError`."""
+    out = []
     with torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+        for i in range(0, len(x), batch_size):
+            z = model(x[i:i + batch_size])
+            check_logits(z, len(x[i:i + batch_size]))
+            out.append(z)
+    return torch.cat(out)
+
+
+def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    """Predicted labels ``[B]`` (argmax of the logits ``[B, K]``), without gradients, in chunks of ``batch_size``."""
+    return logits_of(model, x, batch_size).argmax(dim=1)
 
 
 def distances(adversarials: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -215,15 +236,11 @@ class Attack(ABC):
     _salt: int = 0
 
     def _prepare(self, model: nn.Module, x: Tensor, y: Tensor, keys: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
-            raise ConfigError("x must be a floating-point tensor [B, ...] of images in [0, 1]")
+        check_unit_images(x)
         if not isinstance(y, Tensor) or y.shape != x.shape[:1]:
             raise ConfigError(f"y must be a label tensor of shape [{x.shape[0]}], got "
                               f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
-        if len(x) and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-            raise ConfigError(f"inputs must lie in [0, 1] (normalization belongs inside the model); got range "
-                              f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
-        y = y.to(device=x.device, dtype=torch.int64)
+        y = y.to(device=x.device)
         if keys is None:
             keys = image_keys(x)
         else:
@@ -266,7 +283,13 @@ class Attack(ABC):
         x, y, keys = self._prepare(model, x, y, keys)
         noise = ImageNoise(seed, keys, self._salt)
         with eval_mode(model):
-            clean_correct = predict(model, x) == y if len(x) else torch.zeros(0, dtype=torch.bool)
+            if len(x):
+                logits = logits_of(model, x)
+                y = check_labels(y, logits.shape[1]).to(torch.int64)
+                clean_correct = logits.argmax(dim=1) == y
+            else:
+                y = y.to(torch.int64)
+                clean_correct = torch.zeros(0, dtype=torch.bool)
             adv = x.clone()
             eps_out: Optional[Tensor] = None
             rows = clean_correct.nonzero().flatten()
@@ -297,6 +320,8 @@ class FixedEpsilonAttack(Attack):
             eps_t = eps_t.expand(len(x)).clone()
         if eps_t.shape != (len(x),) or not bool(torch.isfinite(eps_t).all()) or bool((eps_t < 0).any()):
             raise ConfigError(f"eps must be a finite non-negative number or a tensor of shape [{len(x)}]")
+        if len(eps_t):
+            check_linf_eps("eps", float(eps_t.max()), self.norm)
         result = self._call(model, x, y, seed, keys, eps=eps_t)
         # clean-misclassified images count as inside any ball
         result.eps = eps_t.clone()

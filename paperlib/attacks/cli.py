@@ -72,7 +72,8 @@ def run_attack(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from paperlib.attacks.suite import attack_model
-    from paperlib.data import load_dataset, sample_images
+    from paperlib.config import check_device
+    from paperlib.data import check_split_count, load_dataset, sample_images
     from paperlib.reproduce import stage_subrun
     from paperlib.runs import Run
     from paperlib.training import load_trained
@@ -80,11 +81,11 @@ def run_attack(args: argparse.Namespace) -> int:
     path = Path(args.run)
     if not path.is_dir():
         raise ConfigError(f"run {str(path)!r} is not a directory; pass a training run such as runs/fmnist/undefended")
+    check_device(args.device, "--device")
     model, tcfg = load_trained(path, device=args.device)
     cfg = config_from_args(args, getattr(tcfg, "profile", ""))
+    check_split_count("--n", cfg.n_images, tcfg.dataset, "test")
     dataset = load_dataset(tcfg.dataset, "test")
-    if cfg.n_images > len(dataset):
-        raise ConfigError(f"--n {cfg.n_images} exceeds the {len(dataset)} test images of {tcfg.dataset}")
     x, y, idx = sample_images(dataset, cfg.n_images, seed=cfg.seed)
     x, y = x.to(args.device), y.to(args.device)
     train_run = Run(path, tcfg)

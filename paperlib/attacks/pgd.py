@@ -22,7 +22,14 @@ from torch import Tensor, nn
 
 from paperlib.attacks.base import FixedEpsilonAttack, ImageNoise, MinimizationAttack
 from paperlib.attacks.norms import Norm, get_norm
-from paperlib.config import ConfigError, check_choice, check_nonnegative, check_positive, normalize_norm
+from paperlib.config import (
+    ConfigError,
+    check_choice,
+    check_linf_eps,
+    check_nonnegative,
+    check_positive,
+    normalize_norm,
+)
 
 __all__ = ["PGD", "LinfPGD", "L2PGD", "MinimalPGD", "pgd_in_ball", "margin_loss"]
 
@@ -174,11 +181,13 @@ class MinimalPGD(MinimizationAttack):
         self.random_start = bool(random_start)
         self.init_eps = float(check_positive("init_eps", init_eps if init_eps is not None
                                              else (0.1 if self.norm == "l2" else 1 / 255)))
+        check_linf_eps("init_eps", self.init_eps, self.norm)
         self.growth = float(check_positive("growth", growth))
         if self.growth <= 1:
             raise ConfigError(f"growth={growth!r} must be > 1")
         self.search_steps = int(check_nonnegative("search_steps", search_steps))
-        self.max_eps = None if max_eps is None else float(check_positive("max_eps", max_eps))
+        self.max_eps = None if max_eps is None else float(check_linf_eps("max_eps", check_positive("max_eps", max_eps),
+                                                                         self.norm))
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
                 **_: object) -> tuple[Tensor, Optional[Tensor]]:

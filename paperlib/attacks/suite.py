@@ -44,13 +44,16 @@ from paperlib.attacks.pgd import MinimalPGD
 from paperlib.config import (
     ConfigError,
     check_choice,
+    check_labels,
     check_nonnegative,
     check_positive,
     check_probability,
+    check_unit_images,
     config_hash,
     config_to_dict,
     normalize_norm,
 )
+from paperlib.models import model_classes
 
 __all__ = [
     "ATTACKS",
@@ -368,14 +371,28 @@ def summarize(attacks: pd.DataFrame, best: pd.DataFrame, seconds: Optional[dict]
     return out
 
 
+def _check_inputs(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+    """Images finite and in [0, 1], logits ``[B, K]``, labels in ``[0, K)``, distinct indices; ``idx`` as int64."""
+    check_unit_images(x)
+    if not (len(x) == len(y) == len(idx)):
+        raise ConfigError(f"x, y, idx must have the same length, got {len(x)}, {len(y)}, {len(idx)}")
+    idx = torch.as_tensor(idx).to(torch.int64)
+    if len(torch.unique(idx)) != len(idx):
+        raise ConfigError("idx must hold distinct dataset indices (one row per image)")
+    if len(x):
+        check_labels(y, model_classes(model, x))
+    return idx
+
+
 def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, run=None,
                      progress: bool = True) -> SuiteResult:
     """Attack the images with every job of ``cfg``; best distances; checks; write into ``run``.
 
     Args:
         model: returns logits for inputs in [0, 1] (put in eval mode during the attacks).
-        x: ``[N, C, H, W]`` images in [0, 1]; ``y``: ``[N]`` labels; ``idx``: ``[N]`` their dataset indices
-            (the ``image`` column; also the per-image key of the attacks' random numbers).
+        x: ``[N, C, H, W]`` images, finite and in [0, 1]; ``y``: ``[N]`` labels in ``[0, K)``; ``idx``: ``[N]``
+            their dataset indices (the ``image`` column; also the per-image key of the attacks' random numbers).
+            Anything else is a :class:`~paperlib.config.ConfigError` before any attack runs.
         cfg: the :class:`AttackConfig`.
         run: a :class:`~paperlib.runs.Run` to write ``attacks.csv``, ``best.csv``, ``checks.json`` and the
             per-batch checkpoint into (None: compute in memory only). It is started (``config.json``) if
@@ -387,11 +404,7 @@ def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: A
     """
     from paperlib.attacks.checks import run_checks
 
-    if not (len(x) == len(y) == len(idx)):
-        raise ConfigError(f"x, y, idx must have the same length, got {len(x)}, {len(y)}, {len(idx)}")
-    idx = torch.as_tensor(idx).to(torch.int64)
-    if len(torch.unique(idx)) != len(idx):
-        raise ConfigError("idx must hold distinct dataset indices (one row per image)")
+    idx = _check_inputs(model, x, y, idx)
     if run is not None:
         run.start()
     attacks, info = _attack_batches(model, x, y, idx, cfg, run=run, progress=progress, tag="suite")
@@ -437,6 +450,8 @@ def attack_model(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: Attac
     """Run or load: if ``run`` finished with the same config load it, else run the suite (resuming) and
     mark the run finished with the summary as ``metrics.json``."""
     from paperlib.runs import load_or_run
+
+    check_unit_images(x)  # the labels are checked against the model's logits when the suite runs
 
     def compute(r) -> dict:
         return run_attack_suite(model, x, y, idx, cfg, run=r, progress=progress).summary

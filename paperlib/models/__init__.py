@@ -23,7 +23,7 @@ from paperlib.models.resnext import ResNeXt34
 
 __all__ = ["build_model", "register_model", "model_names", "Normalize", "FashionCNN", "ResNeXt34", "LinearModel",
            "count_parameters",
-           "architecture_fingerprint", "eval_mode"]
+           "architecture_fingerprint", "eval_mode", "model_classes"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -81,6 +81,21 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def model_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """The number of classes ``K`` of a model's logits, from one forward pass of ``x[:1]`` (eval mode, no
+    gradients, on the model's device and dtype); a model that does not return logits ``[1, K]`` (K >= 2) is a
+    :class:`~paperlib.config.ConfigError`."""
+    from paperlib.config import check_logits
+
+    params = list(model.parameters()) + list(model.buffers()) if isinstance(model, nn.Module) else []
+    device = params[0].device if params else x.device
+    dtype = next((p.dtype for p in params if p.is_floating_point()), x.dtype)
+    ctx = eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
+    with ctx, torch.no_grad():
+        logits = model(x[:1].to(device, dtype))
+    return check_logits(logits, 1)
 
 
 def count_parameters(model: nn.Module) -> int:
