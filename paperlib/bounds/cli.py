@@ -14,21 +14,24 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from paperlib.config import ConfigError
+from paperlib.config import ConfigError, parse_number
 
 __all__ = ["add_parser", "cmd_bound", "cmd_certify"]
 
 
-def _load(run_path: str, n_images: int | None, image_seed: int, data_root: str | None) -> tuple[Any, ...]:
-    """Model, its TrainConfig, the profile's defaults, and the test images ``(x, y, idx)``."""
-    from paperlib.config import get_profile
-    from paperlib.data import dataset_info, load_dataset, sample_images
+def _load(run_path: str, n_images: int | None, image_seed: int, data_root: str | None,
+          device: str = "cpu") -> tuple[Any, ...]:
+    """Model (on ``device``), its TrainConfig, the profile's defaults, and the test images ``(x, y, idx)``
+    (on ``device``)."""
+    from paperlib.config import check_device, get_profile
+    from paperlib.data import check_split_count, dataset_info, load_dataset, sample_images
     from paperlib.training import load_trained  # the training area's loader; imported lazily
 
     path = Path(run_path)
     if not path.is_dir():
         raise ConfigError(f"run directory {run_path!r} does not exist")
-    model, tcfg = load_trained(path)
+    check_device(device, "--device")
+    model, tcfg = load_trained(path, device=device)
     profile = None
     if isinstance(getattr(tcfg, "profile", None), str):
         try:
@@ -39,8 +42,9 @@ def _load(run_path: str, n_images: int | None, image_seed: int, data_root: str |
     if dataset is None:
         raise ConfigError(f"cannot tell which dataset the model of {run_path} was trained on")
     n = n_images if n_images is not None else (profile.n_images if profile is not None else 1000)
+    check_split_count("--n-images", n, dataset, "test")
     x, y, idx = sample_images(load_dataset(dataset, "test", root=data_root), n, image_seed)
-    return model, tcfg, profile, dataset_info(dataset).num_classes, x, y, idx
+    return model, tcfg, profile, dataset_info(dataset).num_classes, x.to(device), y.to(device), idx
 
 
 def _fmt(v: Any) -> str:
@@ -53,7 +57,7 @@ def cmd_bound(args: argparse.Namespace) -> int:
     from paperlib.bounds.lipschitz import BoundConfig, run_bounds
     from paperlib.reproduce import stage_subrun
 
-    model, _, profile, _, x, y, idx = _load(args.run, args.n_images, args.image_seed, args.data_root)
+    model, _, profile, _, x, y, idx = _load(args.run, args.n_images, args.image_seed, args.data_root, args.device)
     batch = args.batch_size or (profile.eval_batch_size if profile is not None else 250)
     cfg = BoundConfig(
         norm=args.norm, n_images=int(x.shape[0]), image_seed=args.image_seed, top_k=args.top_k,
@@ -90,7 +94,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         cfg_kw["radii"] = tuple(args.radii)
     CertifyConfig(n_images=1, **cfg_kw)  # validate the options before loading anything
     n_images = args.n_images if args.n_images is not None else 500
-    model, _, _, num_classes, x, y, idx = _load(args.run, n_images, args.image_seed, args.data_root)
+    model, _, _, num_classes, x, y, idx = _load(args.run, n_images, args.image_seed, args.data_root, args.device)
     cfg = CertifyConfig(n_images=int(x.shape[0]), **cfg_kw)
     run = stage_subrun(args.run, cfg)
     result = run_certify(model, x, y, idx, cfg, run, num_classes=num_classes, force=args.force,
@@ -115,12 +119,15 @@ def add_parser(subparsers: Any) -> None:
                    help="L used by the l_bound column (both are stored)")
     p.add_argument("--omega-samples", type=int, default=16, help="perturbations per image and radius")
     p.add_argument("--omega-images", type=int, default=None, help="images used for omega (default: all)")
-    p.add_argument("--eps-max", type=float, default=None, help="largest grid radius (default 2.0 l2, 32/255 linf)")
+    p.add_argument("--eps-max", type=parse_number, default=None,
+                   help="largest grid radius, [0, 1] pixel units, e.g. 0.125 or 32/255 (default 2.0 l2, 32/255 linf; "
+                   "linf radii are at most 1)")
     p.add_argument("--grid-size", type=int, default=20, help="evenly spaced grid radii")
     p.add_argument("--tail-prob", type=float, default=1e-3, help="EVT tail probability p (quantile 1-p)")
     p.add_argument("--batch-size", type=int, default=None, help="images per pass (default: the profile's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations and batch shuffles")
     p.add_argument("--data-root", default=None, help="dataset directory (default: the usual places)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--force", action="store_true", help="recompute even if a finished or different run exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bound)
@@ -137,6 +144,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--radii", type=float, nargs="+", default=None, help="l2 radii for certified error")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--data-root", default=None, help="dataset directory (default: the usual places)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--force", action="store_true", help="recompute even if a finished or different run exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_certify)

@@ -45,9 +45,11 @@ from torch import nn
 from paperlib.config import (
     ConfigError,
     check_choice,
+    check_linf_eps,
     check_nonnegative,
     check_positive,
     check_probability,
+    check_unit_images,
     config_from_dict,
     config_hash,
     normalize_norm,
@@ -351,7 +353,7 @@ class BoundConfig:
         omega_batch_images: images per batch maximum for the EVT estimate of omega(eps).
         omega_images: estimate omega from the first ``omega_images`` images only (None: all of them).
         omega_method: 'evt' (the paper) or 'empirical-max'.
-        eps_max: largest radius of the omega-distance grid (None: 2.0 in l2, 32/255 in linf).
+        eps_max: largest radius of the omega-distance grid (None: 2.0 in l2, 32/255 in linf; at most 1 in linf).
         grid_size: number of evenly spaced grid radii (the reporting radii are added to the grid).
         radii: radii at which certified error is reported (None: :data:`DEFAULT_RADII` of the norm).
         tail_prob: EVT tail probability ``p`` (estimate = the fitted ``1 - p`` quantile; the paper's 0.001).
@@ -400,6 +402,7 @@ class BoundConfig:
         check_choice("omega_method", self.omega_method, ("evt", "empirical-max"))
         if self.eps_max is not None:
             check_positive("eps_max", self.eps_max)
+            check_linf_eps("eps_max", self.eps_max, self.norm)
         _check_int("grid_size", self.grid_size, 1)
         if self.radii is not None:
             radii = tuple(float(r) if not isinstance(r, bool) else r for r in self.radii)
@@ -407,6 +410,7 @@ class BoundConfig:
                 raise ConfigError("radii must not be empty (or None for the defaults)")
             for r in radii:
                 check_positive("radius", r)
+                check_linf_eps("radius", r, self.norm)
             object.__setattr__(self, "radii", radii)
         check_probability("tail_prob", self.tail_prob)
         check_probability("ks_alpha", self.ks_alpha)
@@ -457,14 +461,17 @@ class BoundsResult:
         return {float(e["eps"]): float(e["omega"]) for e in self.evt["omega"]}
 
 
-def _check_inputs(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | Sequence[int], cfg: BoundConfig | Any) -> torch.Tensor:
+def _check_inputs(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | Sequence[int],
+                  cfg: BoundConfig | Any) -> torch.Tensor:
+    """Images finite and in [0, 1], one label and one index per image (the labels are checked against the
+    model's logits when the bounds are computed)."""
+    check_unit_images(x)
     idx_t = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
-    if not (x.shape[0] == y.shape[0] == idx_t.shape[0]):
-        raise ConfigError(f"x ({x.shape[0]}), y ({y.shape[0]}) and idx ({idx_t.shape[0]}) must have one entry per image")
+    if not (x.shape[0] == getattr(y, "shape", (None,))[0] == idx_t.shape[0]):
+        raise ConfigError(f"x ({x.shape[0]}), y ({getattr(y, 'shape', [None])[0]}) and idx ({idx_t.shape[0]}) "
+                          "must have one entry per image")
     if x.shape[0] != cfg.n_images:
         raise ConfigError(f"got {x.shape[0]} images but the config says n_images={cfg.n_images}")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ConfigError("images must lie in [0, 1] (normalization belongs inside the model)")
     return idx_t
 
 
@@ -606,8 +613,8 @@ def run_bounds(
 
     Args:
         model: logits model on [0, 1] inputs (eval mode is used; its mode is restored).
-        x: images ``[n, C, H, W]`` in [0, 1]; y: labels ``[n]``; idx: dataset indices ``[n]`` (the ``image``
-            column, which lines the table up with the attack suite's ``best.csv``).
+        x: images ``[n, C, H, W]``, finite and in [0, 1]; y: labels ``[n]`` in ``[0, K)``; idx: dataset indices
+            ``[n]`` (the ``image`` column, which lines the table up with the attack suite's ``best.csv``).
         cfg: the :class:`BoundConfig` (``cfg.n_images`` must equal ``n``).
         run: a :class:`paperlib.runs.Run` for ``cfg`` (e.g. ``trained_run.subrun('bounds-l2', cfg)``), or None
             to compute without writing. A finished run with the same config is loaded, not recomputed; a

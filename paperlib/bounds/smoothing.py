@@ -32,7 +32,17 @@ import torch
 from scipy import stats
 from torch import nn
 
-from paperlib.config import ConfigError, check_positive, check_probability, config_from_dict, config_hash
+from paperlib.config import (
+    ConfigError,
+    check_labels,
+    check_logits,
+    check_positive,
+    check_probability,
+    check_unit_images,
+    config_from_dict,
+    config_hash,
+)
+from paperlib.models import model_classes
 from paperlib.bounds.lipschitz import certified_error
 from paperlib.bounds.statistics import eval_mode, model_device
 
@@ -175,7 +185,11 @@ class Smooth:
                 remaining -= b
                 noise = torch.randn((b, *x.shape), generator=generator, device=generator.device, dtype=dtype)
                 batch = xd.unsqueeze(0) + noise.to(device) * self.sigma
-                predictions = self.base_classifier(batch).argmax(dim=1)
+                logits = self.base_classifier(batch)
+                if check_logits(logits, b) != self.num_classes:
+                    raise ConfigError(f"num_classes={self.num_classes} but the model returns logits for "
+                                      f"{logits.shape[1]} classes")
+                predictions = logits.argmax(dim=1)
                 counts += torch.bincount(predictions, minlength=self.num_classes).cpu().numpy()[: self.num_classes]
                 bar.update(b)
         return counts
@@ -297,26 +311,26 @@ def run_certify(
 
     Args:
         model: base classifier (logits on [0, 1] inputs).
-        x: images ``[n, C, H, W]``; y: labels ``[n]``; idx: dataset indices ``[n]`` (the ``image`` column and
-            the noise seed of each image).
+        x: images ``[n, C, H, W]``, finite and in [0, 1]; y: labels ``[n]`` in ``[0, K)``; idx: dataset indices
+            ``[n]`` (the ``image`` column and the noise seed of each image).
         cfg: :class:`CertifyConfig` (``cfg.n_images`` must equal ``n``).
         run: a :class:`paperlib.runs.Run` for ``cfg`` or None. A finished run is loaded; a partial one resumes
             from its checkpoint (written at most every ``checkpoint_every`` seconds and at the end).
-        num_classes: K (default: read from one forward pass).
+        num_classes: K (default: read from one forward pass); the model's logits must be ``[B, K]``.
         force: recompute a finished run.
         progress: a tqdm bar over images.
     """
     if not isinstance(cfg, CertifyConfig):
         raise ConfigError(f"cfg must be a CertifyConfig, got {type(cfg).__name__}")
+    check_unit_images(x)
     idx_t = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
-    if not (x.shape[0] == y.shape[0] == idx_t.shape[0]):
+    if not (x.shape[0] == getattr(y, "shape", (None,))[0] == idx_t.shape[0]):
         raise ConfigError("x, y and idx must have one entry per image")
     if x.shape[0] != cfg.n_images:
         raise ConfigError(f"got {x.shape[0]} images but the config says n_images={cfg.n_images}")
     if num_classes is None:
-        with eval_mode(model), torch.no_grad():
-            dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
-            num_classes = int(model(x[:1].to(model_device(model), dtype)).shape[1])
+        num_classes = model_classes(model, x)  # the model's logits are checked on every noise batch
+    check_labels(y, _check_count("num_classes", num_classes))
     smooth = Smooth(model, num_classes, cfg.sigma)
 
     def compute(r: Any) -> CertifyResult:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from paperlib.models import eval_mode
-from paperlib.config import ConfigError, normalize_norm
+from paperlib.config import ConfigError, check_labels, check_logits, normalize_norm
 from paperlib.losses import MARGIN_L0, margin_loss
 
 __all__ = [
@@ -126,7 +126,8 @@ def image_statistics(
     Args:
         model: maps ``[B, C, H, W]`` inputs in [0, 1] to logits ``[B, K]``.
         x: images ``[n, C, H, W]`` in [0, 1] (any device; moved to the model's device batch by batch).
-        y: labels ``[n]``.
+        y: labels ``[n]`` in ``[0, K)`` (a :class:`~paperlib.config.ConfigError` otherwise, as for logits that
+            are not ``[B, K]``).
         batch_size: images per forward/backward pass.
         loss_fn: per-example evaluation loss with threshold ``l0``.
         l0: the loss value at which classification becomes incorrect.
@@ -149,6 +150,8 @@ def image_statistics(
             xg = xb.detach().clone().requires_grad_(True)
             with torch.enable_grad():
                 logits = model(xg)
+                if s == 0:  # logits [B, K] and every label in [0, K), on the first batch's logits
+                    check_labels(y, check_logits(logits, xb.shape[0]))
                 loss = loss_fn(logits, yb)
                 (grad,) = torch.autograd.grad(loss.sum(), xg)
             flat = grad.reshape(grad.shape[0], -1)
