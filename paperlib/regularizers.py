@@ -71,7 +71,15 @@ from typing import Callable, Iterator, NamedTuple
 import torch
 from torch import nn
 
-from paperlib.config import ConfigError, check_choice, check_nonnegative, check_positive
+from paperlib.config import (
+    ConfigError,
+    check_choice,
+    check_labels,
+    check_logits,
+    check_nonnegative,
+    check_positive,
+    check_unit_images,
+)
 from paperlib.losses import cross_entropy
 
 __all__ = [
@@ -189,7 +197,16 @@ def frozen_batchnorm_stats(model: nn.Module, enabled: bool = True) -> Iterator[N
 
 def _prepare_input(x: torch.Tensor) -> torch.Tensor:
     # A fresh leaf that requires grad; the caller's tensor is never modified and never gets a .grad.
+    # Images must be finite with pixels in [0, 1] (not 0..255, not normalized): a ConfigError otherwise.
+    check_unit_images(x)
     return x.detach().requires_grad_(True)
+
+
+def _clean_losses(model: nn.Module, xg: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
+    # The clean forward, with the model's logits checked to be [B, K] and the labels to lie in [0, K).
+    logits = model(xg)
+    check_labels(y, check_logits(logits, xg.shape[0]), xg.shape[0])
+    return loss_fn(logits, y)
 
 
 def fd_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
@@ -239,7 +256,7 @@ def finite_difference_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor
     check_positive("h", h)
     check_choice("scheme", scheme, FD_SCHEMES)
     xg = _prepare_input(x)
-    clean = loss_fn(model(xg), y)
+    clean = _clean_losses(model, xg, y, loss_fn)
     # Input-only backward: parameter gradients are not computed here, and the graph is kept so the final
     # backward reuses the clean forward instead of recomputing it.
     (g,) = torch.autograd.grad(clean.sum(), xg, retain_graph=True)
@@ -265,7 +282,7 @@ def double_backprop_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     """
     norm = penalty_norm(norm)
     xg = _prepare_input(x)
-    clean = loss_fn(model(xg), y)
+    clean = _clean_losses(model, xg, y, loss_fn)
     (g,) = torch.autograd.grad(clean.sum(), xg, create_graph=True)
     flat = g.flatten(1)
     if norm == "l2":
@@ -352,10 +369,10 @@ def finite_difference_loss_reusing_input_pass(model: nn.Module, x: torch.Tensor,
     def hook(mod, inputs, output):
         records.append((mod, inputs[0].detach(), output))
 
+    xg = _prepare_input(x)
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
-        xg = _prepare_input(x)
-        clean = loss_fn(model(xg), y)
+        clean = _clean_losses(model, xg, y, loss_fn)
     finally:
         for hd in handles:
             hd.remove()
@@ -450,10 +467,13 @@ class GradientPenalty:
         return penalty_coefficient(self.lam, self.scale, self.norm, x[0].numel())
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> PenaltyOutput:
-        """Regularized loss of a batch ``x`` ``[B, ...]`` (pixels in [0, 1]) with labels ``y`` ``[B]``."""
+        """Regularized loss of a batch ``x`` ``[B, ...]`` (pixels in [0, 1]) with labels ``y`` ``[B]``.
+
+        Images that are not finite or not in [0, 1], logits that are not ``[B, K]`` and labels outside
+        ``[0, K)`` are a :class:`~paperlib.config.ConfigError`."""
         if self.lam == 0:
             # lam = 0 is standard training: skip the penalty's passes entirely (no wasted work).
-            clean = self.loss_fn(model(x), y)
+            clean = _clean_losses(model, check_unit_images(x), y, self.loss_fn)
             loss = clean.mean()
             nan = torch.full((), float("nan"), device=loss.device)
             return PenaltyOutput(loss, loss.detach(), nan, nan)

@@ -89,7 +89,8 @@ def test_batch_penalty_equals_mean_of_per_example_penalties(method, norm):
 
 
 class ZeroOnSomeRows(nn.Module):
-    """Logits W relu(x - 2): inputs in [0, 1] have zero input gradient; inputs at 3 do not."""
+    """Logits W relu(x - 0.5): inputs in [0, 0.5) have zero input gradient; inputs at 0.9 do not (h = 0.01 keeps
+    the finite-difference step on the same side of the kink)."""
 
     def __init__(self):
         super().__init__()
@@ -97,14 +98,14 @@ class ZeroOnSomeRows(nn.Module):
         self.fc = nn.Linear(16, 3).double()
 
     def forward(self, x):
-        return self.fc(torch.relu(x - 2).flatten(1))
+        return self.fc(torch.relu(x - 0.5).flatten(1))
 
 
 @pytest.mark.parametrize("method", ["fd", "dbp"])
 @pytest.mark.parametrize("norm", ["l2", "l1"])
 def test_zero_input_gradient_gives_zero_direction_and_no_nan(method, norm):
     model = ZeroOnSomeRows()
-    x = torch.cat([torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 3.0)]).double()
+    x = torch.cat([torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.9)]).double()
     y = torch.tensor([0, 1, 2, 0])
     t = GradientPenalty(norm=norm, method=method, lam=1.0).terms(model, x, y)
     assert torch.all(t.grad_norms[:2] == 0) and torch.all(t.grad_norms[2:] > 0)
