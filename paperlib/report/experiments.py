@@ -7,7 +7,8 @@ This module turns those parameters into exactly the configs and sub-run names th
 uses (:mod:`paperlib.reproduce`), so that with the parameters of a grid model a notebook *loads* the committed
 results from ``runs/<profile>/`` instead of recomputing them; any other parameters compute (and store) new runs.
 
-* configs: :func:`train_config`, :func:`evaluation_configs`, :func:`evaluation_images`;
+* parameters and configs: :func:`check_parameters` (every notebook's first check), :func:`train_config`,
+  :func:`evaluation_configs`, :func:`evaluation_images`;
 * the model and its stages, run or loaded: :func:`prepare` (-> :class:`Experiment`), :func:`run_attacks`,
   :func:`finished_attacks`, :func:`run_bound_stage`, :func:`run_certify_stage`;
 * tables: :func:`config_table`, :func:`attack_table`, :func:`checks_table`, :func:`bounds_table`,
@@ -29,11 +30,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from paperlib.config import ConfigError, check_choice
+from paperlib.config import check_choice, check_int, check_linf_eps, check_number
 
 __all__ = [
     "PAPER_LINF_EPS",
     "Experiment",
+    "check_parameters",
     "prepare",
     "attack_subrun",
     "run_attacks",
@@ -88,20 +90,55 @@ def train_config(profile: str = "fmnist", method: str = "penalty", *, penalty: s
     from paperlib.training import METHODS, TrainConfig
 
     check_choice("method", method, METHODS)
-    kw: dict[str, Any] = {"method": method, "seed": int(seed)}
+    kw: dict[str, Any] = {"method": method, "seed": check_int("seed", seed, 0)}
     if epochs is not None:
-        kw["epochs"] = int(epochs)
+        kw["epochs"] = check_int("epochs", epochs, 1)
     if method == "penalty":
-        kw.update(penalty=penalty, norm=norm, lam=float(lam))
+        kw.update(penalty=penalty, norm=norm, lam=float(check_number("lam", lam)))
         if penalty == "fd":
-            kw["h"] = float(h)
+            kw["h"] = float(check_number("h", h))
     elif method in ("pgd-at", "free-at"):
         kw["norm"] = norm
         if eps is not None:
-            kw["eps"] = float(eps)
+            kw["eps"] = float(check_linf_eps("eps", check_number("eps", eps), norm))
         if method == "free-at" and m is not None:
-            kw["m"] = int(m)
+            kw["m"] = check_int("m", m, 1)
     return TrainConfig.from_profile(profile, **kw)
+
+
+def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalty: Any = "fd", norm: Any = "l2",
+                     lam: Any = 1.0, h: Any = 0.01, eps: Any = None, m: Any = None, epochs: Any = None,
+                     n_images: Any = None, seed: Any = 0, runs_dir: Any = None) -> None:
+    """Check an experiment notebook's parameters (its ``parameters`` cell, papermill's ``-p``) before anything
+    runs, with the rules of the command line: a :class:`~paperlib.config.ConfigError` naming the first bad value
+    and what is allowed (in a notebook: its one-line message is the cell's error).
+
+    Numbers are numbers (``lam``, ``h``, ``eps``; not ``True``, not ``'abc'``), integers are integers
+    (``epochs``, ``m``, ``n_images``, ``seed``; not ``2.7``), ``n_images`` is at most the profile's test set, a
+    linf ``eps`` is at most 1, ``runs_dir`` is a directory that exists or can be created; then the model's
+    config and the evaluation configs are built (:func:`train_config`, :func:`evaluation_configs`), which checks
+    the options of ``method`` against the training config's own rules. Options of other methods are checked
+    for their type only (one parameter cell serves every method).
+    """
+    from paperlib.config import check_runs_dir, get_profile
+    from paperlib.data import check_split_count
+
+    prof = get_profile(profile)
+    check_int("seed", seed, 0)
+    check_number("lam", lam)
+    check_number("h", h)
+    if eps is not None:
+        check_number("eps", eps)
+    if m is not None:
+        check_int("m", m, 1)
+    if epochs is not None:
+        check_int("epochs", epochs, 1)
+    if n_images is not None:
+        check_split_count("n_images", n_images, prof.dataset, "test")
+    if runs_dir is not None:
+        check_runs_dir(runs_dir)
+    train_config(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs, seed=seed)
+    evaluation_configs(profile, n_images=n_images, seed=seed)
 
 
 def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int | None = None) -> dict[str, Any]:
@@ -115,10 +152,10 @@ def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int |
 
     configs = profile_configs(profile)
     if n_images is not None:
-        if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
-            raise ConfigError(f"n_images={n_images!r} must be a positive integer (or None for the profile's)")
+        n_images = check_int("n_images", n_images, 1)
         configs = {k: dataclasses.replace(c, n_images=n_images) for k, c in configs.items()}
     if seed is not None:
+        seed = check_int("seed", seed, 0)
         configs = {
             "attack": dataclasses.replace(configs["attack"], seed=seed),
             **{k: dataclasses.replace(configs[k], image_seed=seed, seed=seed) for k in ("bound-l2", "bound-linf",
@@ -205,13 +242,16 @@ def prepare(profile: str = "fmnist", method: str = "penalty", *, penalty: str = 
     ``evaluate`` load it with the evaluated test images (the draw of :func:`paperlib.reproduce.reproduce`).
 
     ``runs_dir=None`` is :func:`paperlib.runs.default_runs_dir` (the checkout's ``runs/``, whatever the working
-    directory). The other arguments are those of :func:`train_config` and :func:`evaluation_configs`.
+    directory). The other arguments are those of :func:`train_config` and :func:`evaluation_configs`; they are
+    checked first (:func:`check_parameters`).
     """
     import torch
 
     from paperlib.runs import RunStore, default_runs_dir
     from paperlib.training import load_trained, train
 
+    check_parameters(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs,
+                     n_images=n_images, seed=seed, runs_dir=runs_dir)
     torch.manual_seed(seed)
     store = RunStore(default_runs_dir() if runs_dir is None else runs_dir)
     cfg = train_config(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs,
