@@ -640,10 +640,11 @@ class RunStore:
     """
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
-        self.root = Path(root if root is not None else os.environ.get("PAPERLIB_RUNS") or "runs")
-        if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"runs directory {str(self.root)!r} is a file, not a directory; choose another "
-                              "--runs-dir (or $PAPERLIB_RUNS)")
+        from paperlib.config import check_runs_dir
+
+        env = os.environ.get("PAPERLIB_RUNS")
+        self.root = Path(root if root is not None else env or "runs")
+        check_runs_dir(self.root, "runs_dir" if root is not None or not env else "$PAPERLIB_RUNS", writable=False)
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"

@@ -105,21 +105,21 @@ def config_from_args(args: argparse.Namespace):
             raise ConfigError(f"--norm {overrides['norm']} contradicts --attack-norm {args.attack_norm} "
                               f"(whose dual is {dual})")
         overrides["norm"] = dual
-    return TrainConfig.from_profile(args.profile, method=method, **overrides)
+    try:
+        return TrainConfig.from_profile(args.profile, method=method, **overrides)
+    except ConfigError as exc:  # name the option as it was typed: 'train_subset=...' -> '--train-subset=...'
+        field, sep, rest = str(exc).partition("=")
+        if sep and field.isidentifier() and field in TrainConfig.__dataclass_fields__:
+            raise ConfigError(f"--{field.replace('_', '-')}={rest}") from None
+        raise
 
 
 def check_args(args: argparse.Namespace, cfg) -> None:
-    """What the command line checks beyond the config itself, before anything runs: subsets no larger than
-    the dataset's splits, an adversarial-training linf ``--eps`` <= 1, a ``--device`` this machine has and a
-    usable ``--runs-dir`` (the rules of :mod:`paperlib.config` and :func:`paperlib.data.check_split_count`)."""
-    from paperlib.config import check_device, check_linf_eps, check_runs_dir
-    from paperlib.data import check_split_count
+    """What the command line checks beyond the config itself (which checks subsets against the dataset's
+    splits and linf radii <= 1), before anything runs: a ``--device`` this machine has and a usable
+    ``--runs-dir`` (the rules of :mod:`paperlib.config`)."""
+    from paperlib.config import check_device, check_runs_dir
 
-    for option, field, split in (("--train-subset", "train_subset", "train"), ("--test-subset", "test_subset", "test")):
-        if getattr(cfg, field) is not None:
-            check_split_count(option, getattr(cfg, field), cfg.dataset, split)
-    if cfg.method in ("pgd-at", "free-at") and cfg.eps is not None:
-        check_linf_eps("--eps", cfg.eps, cfg.norm)
     if args.device is not None:
         check_device(args.device, "--device")
     if args.runs_dir is not None:

@@ -37,6 +37,7 @@ from paperlib.config import (
     ConfigError,
     PROFILES,
     check_choice,
+    check_linf_eps,
     check_nonnegative,
     check_positive,
     config_from_dict,
@@ -219,9 +220,11 @@ class TrainConfig:
             _check_int("milestone", mst, 1)
         if list(self.milestones) != sorted(set(self.milestones)):
             raise ConfigError(f"milestones={self.milestones!r} must be strictly increasing")
-        for name in ("train_subset", "test_subset"):
+        from paperlib.data import check_split_count
+
+        for name, split in (("train_subset", "train"), ("test_subset", "test")):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1)
+                check_split_count(name, getattr(self, name), self.dataset, split)
         _check_int("num_workers", self.num_workers, 0)
         _check_int("seed", self.seed, 0)
         for name in ("augment", "amp"):
@@ -260,12 +263,13 @@ class TrainConfig:
             except ConfigError:
                 raise ConfigError(f"norm={self.norm!r} is not allowed for {method}; choose 'linf' (the paper) "
                                   "or 'l2'") from None
-            set_("eps", float(check_positive("eps", self.eps)))
+            set_("eps", float(check_linf_eps("eps", check_positive("eps", self.eps), self.norm)))
         if method == "pgd-at":
             _check_int("steps", self.steps, 1)
             if self.step_size is None:
                 set_("step_size", self.eps / 4)
-            set_("step_size", float(check_positive("step_size", self.step_size)))
+            set_("step_size", float(check_linf_eps("step_size", check_positive("step_size", self.step_size),
+                                                   self.norm)))
         if method == "free-at":
             _check_int("m", self.m, 1)
             if self.free_schedule is not None:
@@ -502,8 +506,9 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
                                 weight_decay=cfg.weight_decay)
     method = build_method(cfg)
 
-    train_ds = subset(load_dataset(cfg.dataset, "train", augment=cfg.augment), cfg.train_subset, seed=0)
-    test_ds = subset(load_dataset(cfg.dataset, "test"), cfg.test_subset, seed=0)
+    train_ds = subset(load_dataset(cfg.dataset, "train", augment=cfg.augment), cfg.train_subset, seed=0,
+                      name="train_subset")
+    test_ds = subset(load_dataset(cfg.dataset, "test"), cfg.test_subset, seed=0, name="test_subset")
 
     per_rank_batch = cfg.batch_size // env.world_size
     steps_per_epoch = len(train_ds) // (per_rank_batch * env.world_size)
