@@ -50,7 +50,8 @@ import torch
 from paperlib.config import ConfigError, config_hash, config_to_dict
 
 __all__ = ["RunStore", "Run", "StaleRunError", "RunCorruptError", "RunLockedError", "load_or_run",
-           "environment_info", "atomic_write_bytes", "atomic_write_text", "default_runs_dir", "FINISHED"]
+           "environment_info", "atomic_write_bytes", "atomic_write_text", "default_runs_dir", "FINISHED",
+           "finished_dir"]
 
 FINISHED = "FINISHED.json"
 CONFIG = "config.json"
@@ -252,6 +253,16 @@ def _marker_status(path: Path, expected_hash: str) -> tuple[str, str | None]:
     if extra:
         return "corrupt", f"{path} holds result files the finished run did not record: {', '.join(extra[:5])}"
     return "finished", None
+
+
+def finished_dir(path: str | os.PathLike) -> bool:
+    """Whether the directory ``path`` holds a finished run of the config it records (sealed files intact),
+    whatever that config is: for readers that find runs by walking the store."""
+    try:
+        stored = _read_config_record(Path(path))
+    except RunCorruptError:
+        return False
+    return stored is not None and _marker_status(Path(path), stored["hash"])[0] == "finished"
 
 
 def _lock_holder(path: Path) -> str:

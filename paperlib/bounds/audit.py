@@ -115,7 +115,9 @@ def find_best_tables(run_path: str | Path) -> list[Path]:
 
 
 def _finished(path: Path) -> bool:
-    return (path / "FINISHED.json").exists()
+    from paperlib.runs import finished_dir
+
+    return finished_dir(path)
 
 
 def audit_model_run(run_path: str | Path, *, best_tables: Iterable[str | Path] | None = None) -> pd.DataFrame:

@@ -26,6 +26,7 @@ import pandas as pd
 
 from paperlib.config import check_choice
 from paperlib.report import paper
+from paperlib.runs import finished_dir
 
 __all__ = [
     "ModelResults", "load_grid", "diverged_models", "table1", "table2", "tableB3", "tableB4", "tableB5", "tableB6", "our_table",
@@ -301,7 +302,7 @@ def run_ids(grid: dict[str, ModelResults], keys: Sequence[str] | None = None) ->
         m = grid.get(k)
         if m is None:
             continue
-        subs = sorted(p.name for p in m.path.iterdir() if p.is_dir() and (p / "FINISHED.json").exists())
+        subs = sorted(p.name for p in m.path.iterdir() if p.is_dir() and finished_dir(p))
         n = int(m.suite.best["image"].nunique()) if m.suite is not None else 0
         rows.append({"row": k, "run": m.run_id, "sub-runs": ", ".join(subs), "attacked images": n})
     return pd.DataFrame(rows).set_index("row") if rows else pd.DataFrame()
