@@ -34,12 +34,12 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     """The Wilson score interval of ``k`` successes in ``n`` trials, in percent: ``(low, high)``.
 
     >>> [round(v, 2) for v in wilson_interval(30, 60)]
-    [37.73, 62.27]
+    [37.74, 62.26]
     """
     n = check_int("n", n, 1)
     k = check_int("k", k, 0, n)
     check_probability("confidence", confidence)
-    z = stats.norm.ppf(0.5 + confidence / 2)
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
