@@ -8,6 +8,18 @@ with Adam from ``w`` at the image, for ``steps`` iterations; then move ``c`` by 
 adversarial was found (until one is), then bisection between the largest failing and smallest succeeding c
 (foolbox 2/3 and the authors' code). The smallest adversarial seen over all iterates is returned.
 
+The squeezed start (``squeeze=delta``, not in the paper; default off, which reproduces the committed runs):
+with the start ``w0 = atanh((2x - 1) * 0.999999)`` a pixel at exactly 0 or 1 (51 % of Fashion-MNIST pixels)
+sits at ``|w0| = 7.25``, where ``dx'/dw = 2 x'(1 - x')`` is about 1e-6, and an Adam step (at most ``stepsize``
+in w) never moves it. With ``squeeze`` the start is ``w0 = atanh(2 x_s - 1)`` of the image squeezed into
+``[delta, 1 - delta]`` (``x_s = delta + (1 - 2 delta) x``) and the difference ``x - x_s`` is carried exactly:
+``x' = clip((tanh(w) + 1) / 2 + x - x_s, 0, 1)``, so the iterate starts at ``x`` itself and every pixel can
+move. Gradients reach ``w`` through the clip except where they would push a clipped pixel further out of the
+box. Measured on the committed Fashion-MNIST models (runs/fmnist/*, their 60 attacked images, the fmnist
+budget 6 x 200 steps): success 79.5-96.1 % with the old start; with ``squeeze=0.1`` 100 % on each of the 8
+models measured (dbp-l1-*, dbp-l2-*, fd-l1-*), median distance 0.69-0.82 times the old start's on the images
+both broke (one image 1.27 times, on fd-l1-lam1-h0.01).
+
 Everything is per image: Adam's moments, the constant c, early abort (an image stops its current binary
 step when its loss has not decreased by 0.01 % over ``steps / 10`` iterations), so batching never changes a
 result.
@@ -22,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from paperlib.attacks.base import ImageNoise, MinimizationAttack
-from paperlib.config import check_nonnegative, check_positive
+from paperlib.config import ConfigError, check_nonnegative, check_positive
 
 __all__ = ["CarliniWagnerL2"]
 
@@ -41,6 +53,8 @@ class CarliniWagnerL2(MinimizationAttack):
         confidence: kappa, the logit margin required of an adversarial (0).
         initial_const: first value of c (1e-2).
         abort_early: stop an image's current c when its loss stalls (True).
+        squeeze: None (the start ``atanh((2x - 1) * 0.999999)``) or ``delta`` in (0, 0.5): the squeezed start
+            described in the module docstring (0.1 measured best of 0.01 and 0.1).
     """
 
     name = "cw"
@@ -48,19 +62,32 @@ class CarliniWagnerL2(MinimizationAttack):
     _salt = 0xC3
 
     def __init__(self, *, binary_search_steps: int = 5, steps: int = 1000, stepsize: float = 5e-3,
-                 confidence: float = 0.0, initial_const: float = 1e-2, abort_early: bool = True) -> None:
+                 confidence: float = 0.0, initial_const: float = 1e-2, abort_early: bool = True,
+                 squeeze: Optional[float] = None) -> None:
         self.binary_search_steps = int(check_positive("binary_search_steps", binary_search_steps))
         self.steps = int(check_positive("steps", steps))
         self.stepsize = float(check_positive("stepsize", stepsize))
         self.confidence = float(check_nonnegative("confidence", confidence))
         self.initial_const = float(check_positive("initial_const", initial_const))
         self.abort_early = bool(abort_early)
+        if squeeze is not None and not 0 < float(squeeze) < 0.5:
+            raise ConfigError(f"squeeze={squeeze!r} must be None or lie in (0, 0.5)")
+        self.squeeze = None if squeeze is None else float(squeeze)
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
                 **_: object) -> tuple[Tensor, Optional[Tensor]]:
         n, dev, dt = len(x), x.device, x.dtype
         kd = (-1,) + (1,) * (x.dim() - 1)
-        w0 = _atanh((2 * x - 1) * 0.999999)
+        if self.squeeze is None:
+            w0 = _atanh((2 * x - 1) * 0.999999)
+            offset = None
+        else:
+            # squeezed start: w0 = atanh of x mapped into [delta, 1 - delta]; the difference is carried
+            # exactly, so the iterate starts at x itself, and no pixel starts where tanh is saturated
+            delta = self.squeeze
+            xs = delta + (1 - 2 * delta) * x
+            w0 = _atanh(2 * xs - 1)
+            offset = x - (torch.tanh(w0) + 1) / 2
         c = torch.full((n,), self.initial_const, dtype=dt, device=dev)
         lower = torch.zeros(n, dtype=dt, device=dev)
         upper = torch.full((n,), math.inf, dtype=dt, device=dev)
@@ -78,7 +105,15 @@ class CarliniWagnerL2(MinimizationAttack):
             active = torch.arange(n, device=dev)
             for t in range(1, self.steps + 2):
                 wa = w[active].detach().requires_grad_(True)
-                xa = (torch.tanh(wa) + 1) / 2
+                if offset is None:
+                    xa = (torch.tanh(wa) + 1) / 2
+                    xu = None
+                else:
+                    # the value is clipped to [0, 1]; the gradient reaches w through the unclipped iterate
+                    # (straight through), except where it would push a clipped pixel further out of the box
+                    with torch.no_grad():
+                        xu = (torch.tanh(wa) + 1) / 2 + offset[active]
+                    xa = xu.clamp(0.0, 1.0).requires_grad_(True)
                 logits = model(xa)
                 ya = y[active]
                 z_y = logits.gather(1, ya[:, None]).squeeze(1)
@@ -95,7 +130,13 @@ class CarliniWagnerL2(MinimizationAttack):
                     found[active[adv]] = True
                 if t == self.steps + 1:
                     break
-                (g,) = torch.autograd.grad(loss.sum(), wa)
+                if xu is None:
+                    (g,) = torch.autograd.grad(loss.sum(), wa)
+                else:
+                    (gx,) = torch.autograd.grad(loss.sum(), xa)
+                    with torch.no_grad():
+                        outward = ((xu <= 0) & (gx > 0)) | ((xu >= 1) & (gx < 0))
+                        g = torch.where(outward, torch.zeros_like(gx), gx) * (1 - torch.tanh(wa) ** 2) / 2
                 with torch.no_grad():
                     ma = b1 * m[active] + (1 - b1) * g
                     va = b2 * v[active] + (1 - b2) * g * g

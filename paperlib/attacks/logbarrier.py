@@ -16,6 +16,26 @@ Differences from the authors' script, on purpose: the inner-loop stopping test i
 when every image of the batch has stalled, so a result depended on the batch); the initial noise is clipped
 to [0, 1] (theirs clipped a copy); an image whose initialization fails is reported as a failure instead of
 aborting the batch. Failures are reported, never hidden: the base class recomputes success.
+
+Two options, not in the paper (defaults off, which reproduce the committed runs):
+
+* ``linf_step='box'``. Why the authors' linf step is weak: it descends the softmax-weighted smooth maximum of
+  ``|x' - x|``, whose gradient has total mass about 1 spread over the pixels tied near the maximum, so with
+  ``dt = 0.01`` the largest deviation shrinks by about ``dt / (number of tied pixels)`` per step; the start
+  (clipped Gaussian noise) ties hundreds of pixels near linf 1. Measured: on linear models (the closed form of
+  tests/test_attacks_exact.py, 15 x 100 inner steps) it ends 8-28 % (10 classes) and 63-110 % (2 classes)
+  above the exact linf distance; on the committed Fashion-MNIST models its median linf is 110-167/255 where
+  PGD's is 11-26/255, and it is never the best linf attack. The box step is the linf analogue of the l2 step's
+  ``(1 - dt)`` contraction: a barrier gradient step, then the perturbation is clipped into the box of
+  ``(1 - dt)`` times its current linf radius (backtracking as before). Measured: at most 0.8 % above the exact
+  linf distance on the same linear models; on 12 images of runs/fmnist/undefended (10 x 60 steps) median linf
+  0.125 times the smooth step's, 1.008 times PGD-linf's, closer than PGD-linf on 5 of 12.
+* ``refine_steps=k``: after the barrier loops, ``k`` bisections on the segment from the image to its best
+  adversarial (the closest misclassified point found; never worse). The barrier keeps the iterate a margin of
+  about ``alpha / distance`` inside the adversarial region: measured on a 10-class linear model (8 images),
+  2.8-11.3 % above the exact l2 distance, every image at the boundary of the nearest class; with 20 bisections
+  at most 0.008 % above. On 12 images of runs/fmnist/undefended (l2, 10 x 60 steps): median 0.990 times the
+  unrefined distance, closer than PGD-l2 on 6 of 12.
 """
 
 from __future__ import annotations
@@ -26,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from paperlib.attacks.base import ImageNoise, MinimizationAttack
-from paperlib.config import check_nonnegative, check_positive, check_probability, normalize_norm
+from paperlib.config import check_choice, check_nonnegative, check_positive, check_probability, normalize_norm
 
 __all__ = ["LogBarrierAttack", "gaussian_noise_start"]
 
@@ -78,6 +98,8 @@ class LogBarrierAttack(MinimizationAttack):
         max_backtrack: halvings before an iterate is reset to the previous one (60; ``0.5^60`` is below
             float64 resolution, so this is the authors' unbounded loop made safe).
         init_max_iters: noise sizes tried for the starting point (1000; the largest is 1.01^1000*0.01 = 209).
+        linf_step: 'smooth' (the authors' smooth-max gradient step) or 'box' (see the module docstring).
+        refine_steps: bisections on the segment image -> best adversarial after the loops (0: none).
     """
 
     name = "logbarrier"
@@ -85,7 +107,8 @@ class LogBarrierAttack(MinimizationAttack):
 
     def __init__(self, *, norm: str = "l2", dt: float = 0.01, alpha: float = 0.1, beta: float = 0.75,
                  gamma: float = 0.5, max_outer: int = 15, max_inner: int = 500, tol: float = 1e-6,
-                 T: float = 500.0, max_backtrack: int = 60, init_max_iters: int = 1000) -> None:
+                 T: float = 500.0, max_backtrack: int = 60, init_max_iters: int = 1000,
+                 linf_step: str = "smooth", refine_steps: int = 0) -> None:
         self.norm = normalize_norm(norm)
         self.dt = float(check_positive("dt", dt))
         self.alpha = float(check_positive("alpha", alpha))
@@ -97,6 +120,8 @@ class LogBarrierAttack(MinimizationAttack):
         self.T = float(check_positive("T", T))
         self.max_backtrack = int(check_positive("max_backtrack", max_backtrack))
         self.init_max_iters = int(check_positive("init_max_iters", init_max_iters))
+        self.linf_step = check_choice("linf_step", linf_step, ("smooth", "box"))
+        self.refine_steps = int(check_nonnegative("refine_steps", refine_steps))
 
     def _dist(self, delta: Tensor) -> Tensor:
         flat = delta.flatten(1)
@@ -121,15 +146,24 @@ class LogBarrierAttack(MinimizationAttack):
                 p_y = p.gather(1, ya[:, None]).squeeze(1)
                 p_other = p.scatter(1, ya[:, None], -1.0).amax(dim=1)
                 barrier = -torch.log(p_other - p_y)
+                box = self.norm == "linf" and self.linf_step == "box"
                 if self.norm == "l2":
                     dist_term = 0.5 * (xa - x0).flatten(1).pow(2).sum(1)
+                elif box:
+                    dist_term = torch.zeros(len(xa), dtype=xa.dtype, device=xa.device)
                 else:
                     z = (xa - x0).abs().flatten(1)
                     dist_term = ((z * self.T).softmax(dim=-1) * z).sum(dim=-1)
                 (g,) = torch.autograd.grad((dist_term + alpha * barrier).sum(), xa)
                 with torch.no_grad():
                     xold = xa.detach()
-                    xnew = (xold - self.dt * g).clamp(0, 1)
+                    if box:
+                        # the linf analogue of the l2 step's (1 - dt) contraction: a barrier step, then the
+                        # perturbation is clipped into the box of (1 - dt) times its current linf radius
+                        r = _kd((1 - self.dt) * (xold - x0).flatten(1).abs().amax(dim=1), xold)
+                        xnew = (x0 + torch.maximum(torch.minimum(xold - self.dt * g - x0, r), -r)).clamp(0, 1)
+                    else:
+                        xnew = (xold - self.dt * g).clamp(0, 1)
                     # backtrack toward the previous (misclassified) iterate while correctly classified
                     c = _correct(model, xnew, ya)
                     for _b in range(self.max_backtrack):
@@ -146,4 +180,26 @@ class LogBarrierAttack(MinimizationAttack):
                     best_d[active[better]] = d[better]
                     moved = self._dist(xnew - xold)
                     active = active[moved > self.tol]
+        if self.refine_steps:
+            best = self._refine(model, x, y, best, found)
         return best, None
+
+    def _refine(self, model: nn.Module, x: Tensor, y: Tensor, best: Tensor, found: Tensor) -> Tensor:
+        """Bisection on the segment from each image to its best adversarial: the closest point of that segment
+        found misclassified (``refine_steps`` halvings). Never worse: the adversarial end is kept until a
+        closer misclassified point is found."""
+        idx = found.nonzero().flatten()
+        if idx.numel() == 0:
+            return best
+        x0, d, ya = x[idx], best[idx] - x[idx], y[idx]
+        lo = torch.zeros(len(idx), dtype=x.dtype, device=x.device)
+        hi = torch.ones(len(idx), dtype=x.dtype, device=x.device)
+        out = best.clone()
+        for _ in range(self.refine_steps):
+            mid = (lo + hi) / 2
+            cand = (x0 + _kd(mid, x0) * d).clamp(0, 1)
+            ok = ~_correct(model, cand, ya)
+            out[idx[ok]] = cand[ok]
+            hi = torch.where(ok, mid, hi)
+            lo = torch.where(ok, lo, mid)
+        return out

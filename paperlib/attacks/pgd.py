@@ -153,6 +153,11 @@ class MinimalPGD(MinimizationAttack):
     point. Measured on a 5-class linear model with low-confidence logits (D = 784), cross-entropy PGD stopped
     12-21 % above the exact minimal distance, the margin loss within 0.1 % (the closed form of
     ``tests/test_attacks_exact.py``). ``loss='ce'`` gives Madry's loss.
+    ``loss='margin+ce'`` (not in the paper; the suite's ``pgd_loss``) runs two independent eps searches, with
+    the margin and with cross-entropy, on the same random streams, and keeps per image the closer adversarial:
+    exactly the better of the two single-loss results. The margin gets stuck on some Fashion-MNIST images:
+    image 429 of runs/fmnist/undefended stays at 28.62/255 in linf with the margin, 17.41/255 with
+    cross-entropy (40 steps, 12 bisections). It costs the passes of both searches.
     The step is ``0.1 eps`` (iterates travel 4 eps in 40 steps): with ``2.5/steps`` the angle to the optimal
     direction had not converged after 40 steps (1.4 % excess in l2).
 
@@ -160,7 +165,7 @@ class MinimalPGD(MinimizationAttack):
         norm: 'l2' or 'linf'.
         steps: PGD iterations per trial eps (40).
         rel_stepsize: step size as a fraction of eps (0.1).
-        loss: 'margin' (default) or 'ce'.
+        loss: 'margin' (default), 'ce', or 'margin+ce' (both searches; the closer adversarial per image).
         random_start: random start in the ball (True).
         init_eps: first trial radius (default 0.1 in l2, 1/255 in linf).
         growth: factor by which eps grows until PGD succeeds (1.5).
@@ -177,7 +182,7 @@ class MinimalPGD(MinimizationAttack):
         self.norm = normalize_norm(norm)
         self.steps = int(check_positive("steps", steps))
         self.rel_stepsize = float(check_positive("rel_stepsize", rel_stepsize))
-        self.loss = check_choice("loss", loss, tuple(_LOSSES))
+        self.loss = check_choice("loss", loss, tuple(_LOSSES) + ("margin+ce",))
         self.random_start = bool(random_start)
         self.init_eps = float(check_positive("init_eps", init_eps if init_eps is not None
                                              else (0.1 if self.norm == "l2" else 1 / 255)))
@@ -191,6 +196,30 @@ class MinimalPGD(MinimizationAttack):
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
                 **_: object) -> tuple[Tensor, Optional[Tensor]]:
+        losses = self.loss.split("+")
+        best, hi = self._search(model, x, y, noise, rows, losses[0])
+        if len(losses) == 1:
+            return best, hi
+        norm = get_norm(self.norm)
+
+        def dist(adv: Tensor, h: Tensor) -> Tensor:
+            d = norm.distance((adv - x).to(torch.float64))
+            return torch.where(torch.isfinite(h), d, torch.full_like(d, math.inf))
+
+        best_d = dist(best, hi)
+        for loss_name in losses[1:]:
+            # an independent eps search with this loss (the same random streams as a single-loss search, so
+            # the result is exactly the closer of the two single-loss results, image by image)
+            adv, h = self._search(model, x, y, noise, rows, loss_name)
+            d = dist(adv, h)
+            closer = d < best_d
+            best[closer] = adv[closer]
+            hi = torch.where(closer, h, hi)
+            best_d = torch.where(closer, d, best_d)
+        return best, hi
+
+    def _search(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
+                loss_name: str) -> tuple[Tensor, Tensor]:
         norm = get_norm(self.norm)
         n = len(x)
         dev = x.device
@@ -205,7 +234,8 @@ class MinimalPGD(MinimizationAttack):
         def run(idx: Tensor, eps: Tensor) -> Tensor:
             adv, ok = pgd_in_ball(model, x[idx], y[idx], eps, norm, steps=self.steps,
                                   rel_stepsize=self.rel_stepsize, random_start=self.random_start,
-                                  noise=noise, rows=rows[idx], stream=2 * trials[idx], loss_name=self.loss)
+                                  noise=noise, rows=rows[idx], stream=2 * trials[idx],
+                                  loss_name=loss_name)
             trials[idx] += 1
             best[idx[ok]] = adv[ok]
             return ok

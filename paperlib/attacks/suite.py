@@ -42,6 +42,7 @@ from paperlib.attacks.logbarrier import LogBarrierAttack
 from paperlib.attacks.norms import get_norm
 from paperlib.attacks.pgd import MinimalPGD
 from paperlib.config import (
+    OMIT_AT_DEFAULT,
     ConfigError,
     check_choice,
     check_labels,
@@ -68,6 +69,7 @@ __all__ = [
     "empirical_error",
     "error_curve",
     "summarize",
+    "PassCounter",
 ]
 
 #: the suite's attacks, in the order they run
@@ -102,6 +104,17 @@ class AttackConfig:
             distance is below ``masking_ratio`` times the best gradient attack's.
         masking_max_fraction: the masking check fails when more than this fraction of images is flagged.
         min_success: every minimal-distance attack must succeed on at least this fraction of the images.
+        pgd_loss: MinimalPGD's loss: 'margin' (the committed runs), 'ce', or 'margin+ce' (at each radius
+            cross-entropy PGD runs on the images margin PGD did not break; both count).
+        cw_squeeze: Carlini-Wagner's squeezed tanh start (see :class:`CarliniWagnerL2` ``squeeze``); None:
+            the committed runs' start ``atanh((2x - 1) * 0.999999)``.
+        logbarrier_linf_step: LogBarrier's linf step: 'smooth' (the authors' smooth-max gradient, the
+            committed runs) or 'box' (see :class:`LogBarrierAttack` ``linf_step``).
+        logbarrier_refine_steps: bisection steps on the segment from the image to LogBarrier's adversarial
+            (0: none, the committed runs).
+
+    The last four fields were added after runs were stored: at their defaults they are left out of the hash
+    (``OMIT_AT_DEFAULT``), so the stored runs keep their names and the defaults reproduce them.
     """
 
     attacks: tuple[str, ...] = ATTACKS
@@ -121,6 +134,10 @@ class AttackConfig:
     masking_ratio: float = 0.5
     masking_max_fraction: float = 0.01
     min_success: float = 0.99
+    pgd_loss: str = field(default="margin", metadata={OMIT_AT_DEFAULT: True})
+    cw_squeeze: Optional[float] = field(default=None, metadata={OMIT_AT_DEFAULT: True})
+    logbarrier_linf_step: str = field(default="smooth", metadata={OMIT_AT_DEFAULT: True})
+    logbarrier_refine_steps: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         attacks = tuple(self.attacks) if not isinstance(self.attacks, str) else (self.attacks,)
@@ -152,6 +169,15 @@ class AttackConfig:
         check_nonnegative("masking_max_fraction", self.masking_max_fraction)
         if not 0 < self.min_success <= 1:
             raise ConfigError(f"min_success={self.min_success!r} must lie in (0, 1]")
+        check_choice("pgd_loss", self.pgd_loss, ("margin", "ce", "margin+ce"))
+        if self.cw_squeeze is not None and (isinstance(self.cw_squeeze, bool) or not isinstance(self.cw_squeeze, (int, float))
+                                            or not 0 < self.cw_squeeze < 0.5):
+            raise ConfigError(f"cw_squeeze={self.cw_squeeze!r} must be None or a number in (0, 0.5)")
+        check_choice("logbarrier_linf_step", self.logbarrier_linf_step, ("smooth", "box"))
+        v = self.logbarrier_refine_steps
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"logbarrier_refine_steps={v!r} must be an integer")
+        check_nonnegative("logbarrier_refine_steps", v)
 
     def jobs(self) -> list[tuple[str, str]]:
         """The (attack, norm) pairs the suite runs, in order."""
@@ -173,13 +199,15 @@ class AttackConfig:
     def build(self, attack: str, norm: str) -> Attack:
         """The attack object for one job."""
         if attack == "pgd":
-            return MinimalPGD(norm=norm, steps=self.pgd_steps, search_steps=self.pgd_search_steps)
+            return MinimalPGD(norm=norm, steps=self.pgd_steps, search_steps=self.pgd_search_steps, loss=self.pgd_loss)
         if attack == "cw":
-            return CarliniWagnerL2(steps=self.cw_steps, binary_search_steps=self.cw_binary_search_steps)
+            return CarliniWagnerL2(steps=self.cw_steps, binary_search_steps=self.cw_binary_search_steps,
+                                   squeeze=self.cw_squeeze)
         if attack == "boundary":
             return BoundaryAttack(steps=self.boundary_steps)
         if attack == "logbarrier":
-            return LogBarrierAttack(norm=norm, max_outer=self.logbarrier_outer, max_inner=self.logbarrier_inner)
+            return LogBarrierAttack(norm=norm, max_outer=self.logbarrier_outer, max_inner=self.logbarrier_inner,
+                                    linf_step=self.logbarrier_linf_step, refine_steps=self.logbarrier_refine_steps)
         raise ConfigError(f"attack={attack!r} is not allowed; choose one of {', '.join(ATTACKS)}")
 
 
@@ -303,6 +331,36 @@ def _job_stats(result: AttackResult, x: Tensor) -> dict[str, float]:
     return stats
 
 
+class PassCounter(nn.Module):
+    """Wraps a model and counts the images it sees: ``forward`` rows, and ``backward`` rows (a gradient that
+    reached the logits of those rows). Numerically the wrapped model itself; its modes are the model's."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.forward_rows = 0
+        self.backward_rows = 0
+
+    def reset(self) -> tuple[int, int]:
+        """Return ``(forward_rows, backward_rows)`` so far and set both to 0."""
+        out = (self.forward_rows, self.backward_rows)
+        self.forward_rows = self.backward_rows = 0
+        return out
+
+    def _count_backward(self, n: int):
+        def hook(grad: Tensor) -> None:
+            self.backward_rows += n
+        return hook
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        n = len(x)
+        self.forward_rows += n
+        if isinstance(out, Tensor) and out.requires_grad:
+            out.register_hook(self._count_backward(n))
+        return out
+
+
 def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, *, run=None,
                     progress: bool = True, tag: str = "suite") -> tuple[pd.DataFrame, dict]:
     """Attack every batch with every job; resume from and save to ``run``'s checkpoint under ``tag``."""
@@ -311,11 +369,13 @@ def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: At
     jobs = cfg.jobs()
     n = len(x)
     starts = list(range(0, n, cfg.batch_size))
-    state: dict[str, Any] = {"tag": tag, "batches_done": 0, "rows": [], "stats": {}, "seconds": {}}
+    state: dict[str, Any] = {"tag": tag, "batches_done": 0, "rows": [], "stats": {}, "seconds": {}, "passes": {}}
     ck = run.load_checkpoint() if run is not None else None
     if ck is not None and ck.get(tag, {}).get("batches_done") is not None:
         state = ck[tag]
+    state.setdefault("passes", {})  # checkpoints written before passes were counted
     others = {k: v for k, v in (ck or {}).items() if k != tag}
+    counted = PassCounter(model)
     bar = tqdm(total=len(starts) * len(jobs), desc=f"attacks ({tag})", disable=not progress, leave=False,
                initial=state["batches_done"] * len(jobs))
     for b in range(state["batches_done"], len(starts)):
@@ -323,11 +383,15 @@ def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: At
         xb, yb, ib = x[s:s + cfg.batch_size], y[s:s + cfg.batch_size], idx[s:s + cfg.batch_size]
         for attack_name, norm in jobs:
             atk = cfg.build(attack_name, norm)
+            counted.reset()
             t0 = time.perf_counter()
-            res = atk(model, xb, yb, seed=cfg.seed, keys=ib)
+            res = atk(counted, xb, yb, seed=cfg.seed, keys=ib)
             dt = time.perf_counter() - t0
+            fwd, bwd = counted.reset()
             key = f"{attack_name}-{norm}"
             state["seconds"][key] = state["seconds"].get(key, 0.0) + dt
+            prev_passes = state["passes"].get(key, [0, 0])
+            state["passes"][key] = [prev_passes[0] + fwd, prev_passes[1] + bwd]
             st = _job_stats(res, xb)
             prev = state["stats"].get(key, {})
             state["stats"][key] = {k: max(v, prev.get(k, 0.0)) for k, v in st.items()}
@@ -342,12 +406,17 @@ def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: At
     bar.close()
     table = pd.DataFrame(state["rows"], columns=ATTACK_COLUMNS)
     table["success"] = table["success"].astype(bool)
-    return table, {"stats": state["stats"], "seconds": state["seconds"]}
+    return table, {"stats": state["stats"], "seconds": state["seconds"], "passes": state["passes"]}
 
 
-def summarize(attacks: pd.DataFrame, best: pd.DataFrame, seconds: Optional[dict] = None) -> dict:
+def summarize(attacks: pd.DataFrame, best: pd.DataFrame, seconds: Optional[dict] = None,
+              passes: Optional[dict] = None) -> dict:
     """Per (attack, norm): success rate (%, over clean-correct images), median l2/linf distance of its
-    successes, seconds per image; per norm: median and mean best distance; the clean error (%)."""
+    successes, seconds per image, and (when ``passes`` is given: ``{job: [forward rows, backward rows]}``)
+    model forward and backward passes per image; per norm: median and mean best distance, and ``wins``:
+    per job, on how many of the images some attack broke (clean-misclassified excluded) it gave the best
+    adversarial (``best``: the job ``best.csv`` names, ties going to the earlier job in the suite's order;
+    ``within_1pct``: its own distance is at most 1.01 times the best); the clean error (%)."""
     out: dict[str, Any] = {"n_images": int(attacks["image"].nunique()) if len(attacks) else 0, "jobs": {}}
     if len(attacks) == 0:
         return out
@@ -364,10 +433,28 @@ def summarize(attacks: pd.DataFrame, best: pd.DataFrame, seconds: Optional[dict]
             "median_linf": float(ok["dist_linf"].median()) if len(ok) else float("inf"),
             "seconds_per_image": (per_img / max(1, out["n_images"])) if per_img is not None else None,
         }
+        if passes is not None and f"{a}-{n}" in passes:
+            fwd, bwd = passes[f"{a}-{n}"]
+            out["jobs"][f"{a}-{n}"]["forward_passes_per_image"] = fwd / max(1, out["n_images"])
+            out["jobs"][f"{a}-{n}"]["backward_passes_per_image"] = bwd / max(1, out["n_images"])
+    names = attacks["attack"].astype(str) + "-" + attacks["norm"].astype(str)
     for n, g in best.groupby("norm"):
         out[f"median_best_{n}"] = float(g["best"].median())
         out[f"mean_best_{n}"] = float(g["best"].replace(math.inf, np.nan).mean())
         out[f"unbroken_{n}"] = int(np.isinf(g["best"]).sum())
+        broken = g[np.isfinite(g["best"]) & (g["best"] > 0)]
+        dist = attacks[f"dist_{n}"].astype(float).where(attacks["success"].astype(bool), math.inf)
+        per_job = pd.DataFrame({"image": attacks["image"].values, "job": names.values, "d": dist.values})
+        per_job = per_job[per_job["image"].isin(set(broken["image"]))]
+        best_of = broken.set_index("image")["best"]
+        close = per_job["d"].values <= 1.01 * best_of.reindex(per_job["image"].values).values
+        within = per_job[close].groupby("job")["image"].nunique()
+        chosen = broken["best_attack"].value_counts()
+        out[f"wins_{n}"] = {
+            "n_broken": int(len(broken)),
+            **{job: {"best": int(chosen.get(job, 0)), "within_1pct": int(within.get(job, 0))}
+               for job in dict.fromkeys(names)},
+        }
     return out
 
 
@@ -421,7 +508,7 @@ def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: A
                            float(after[after["norm"] == n]["best"].median())) for n in cfg.norms}
         convergence["n"] = m
     checks = run_checks(model, x, y, attacks, best, cfg, stats=info["stats"], convergence=convergence)
-    summary = summarize(attacks, best, info["seconds"])
+    summary = summarize(attacks, best, info["seconds"], info["passes"])
     summary["convergence"] = convergence
     summary["checks_passed"] = all(c[1] for c in checks)
     if run is not None:
