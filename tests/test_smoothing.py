@@ -218,3 +218,35 @@ def test_bad_smoothing_arguments_are_config_errors(linear):
         smooth.predict(x, 100, 0.0, 100)
     with pytest.raises(ConfigError, match="NA"):
         lower_confidence_bound(11, 10, 0.01)
+
+
+@pytest.mark.parametrize("n,alpha,sigma", [(2000, 0.001, 0.25), (10_000, 0.001, 0.5), (100_000, 0.001, 1.0),
+                                           (100, 0.05, 0.12)])
+def test_largest_certifiable_radius_is_the_closed_form_at_all_correct_counts(n, alpha, sigma):
+    """sigma * Phi^-1(pA_lower) with pA_lower the one-sided Clopper-Pearson bound at nA = n, which is alpha^(1/n)
+    (scipy's exact two-sided interval at level 1 - 2 alpha has the same lower end). n = 2000, alpha = 0.001,
+    sigma = 0.25 (the fmnist profile's certify run) gives 0.6755: no larger radius can be certified."""
+    from scipy import stats as st
+
+    from paperlib.bounds import max_certifiable_radius
+
+    p_lower = st.binomtest(n, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low
+    assert p_lower == pytest.approx(alpha ** (1 / n), rel=1e-9)
+    expected = sigma * st.norm.ppf(p_lower)
+    assert max_certifiable_radius(n, alpha, sigma) == pytest.approx(expected, rel=1e-9)
+    if (n, alpha, sigma) == (2000, 0.001, 0.25):
+        assert max_certifiable_radius(n, alpha, sigma) == pytest.approx(0.6755, abs=1e-4)
+
+
+def test_a_constant_classifier_is_certified_at_exactly_the_largest_certifiable_radius():
+    from paperlib.bounds import max_certifiable_radius
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 3, dtype=x.dtype)
+            out[:, 1] = 1.0
+            return out
+
+    c = Smooth(Constant(), 3, 0.25).certify(torch.rand(1, 4, 4), n0=10, n=500, alpha=0.001, batch_size=250)
+    assert c.prediction == 1 and c.nA == 500
+    assert c.radius == pytest.approx(max_certifiable_radius(500, 0.001, 0.25), rel=1e-12)

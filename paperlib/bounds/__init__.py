@@ -7,6 +7,8 @@ Modules, one concept each:
 * :mod:`~paperlib.bounds.evt` -- extreme-value (GEV) estimates of a supremum, with a goodness-of-fit fallback;
 * :mod:`~paperlib.bounds.lipschitz` -- Proposition 2.2: L-bound, omega(eps), omega-bound, certified error,
   regularity statistics; :class:`BoundConfig` and :func:`run_bounds`;
+* :mod:`~paperlib.bounds.adversarial` -- the adversarial omega estimate: projected gradient ascent on the
+  first-order residual;
 * :mod:`~paperlib.bounds.smoothing` -- randomized smoothing (Cohen et al. 2019): :class:`Smooth`,
   :class:`CertifyConfig` and :func:`run_certify`;
 * :mod:`~paperlib.bounds.audit` -- how often a bound exceeds the best adversarial distance the attacks found;
@@ -14,12 +16,17 @@ Modules, one concept each:
 """
 
 from paperlib.bounds.audit import audit_bounds, audit_model_run, smoothing_lower_bound
+from paperlib.bounds.adversarial import ascent_passes, ascent_residuals
 from paperlib.bounds.evt import GEVFit, batch_maxima, estimate_supremum, fit_gev
 from paperlib.bounds.lipschitz import (
     BoundConfig,
     BoundsResult,
+    ball_gradient_norms,
+    box_diameter,
     certified_error,
     eps_grid,
+    estimate_label,
+    fits_accepted,
     estimate_omega,
     first_order_residuals,
     l_bound,
@@ -38,18 +45,21 @@ from paperlib.bounds.smoothing import (
     Smooth,
     load_certify,
     lower_confidence_bound,
+    max_certifiable_radius,
     run_certify,
 )
 from paperlib.bounds.statistics import ImageStatistics, dual_norm, dual_norm_name, image_statistics, loss_and_gradient
 
 __all__ = [
-    "audit_bounds", "audit_model_run", "smoothing_lower_bound",
+    "audit_bounds", "audit_model_run", "smoothing_lower_bound", "ascent_passes", "ascent_residuals",
     "GEVFit", "batch_maxima", "estimate_supremum", "fit_gev",
-    "BoundConfig", "BoundsResult", "certified_error", "eps_grid", "estimate_omega", "first_order_residuals",
+    "BoundConfig", "BoundsResult", "ball_gradient_norms", "box_diameter", "certified_error", "eps_grid",
+    "estimate_label", "fits_accepted", "estimate_omega", "first_order_residuals",
     "l_bound", "lipschitz_constant", "load_bounds", "omega_bound_certified", "omega_distance",
     "regularity_statistics", "run_bounds",
     "make_generator", "perturb_in_box", "sample_uniform_ball", "sample_uniform_sphere",
     "Certificate", "CertifyConfig", "CertifyResult", "Smooth", "load_certify", "lower_confidence_bound",
+    "max_certifiable_radius",
     "run_certify",
     "ImageStatistics", "dual_norm", "dual_norm_name", "image_statistics", "loss_and_gradient",
 ]

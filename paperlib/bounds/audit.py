@@ -24,8 +24,11 @@ from paperlib.config import ConfigError, normalize_norm
 
 __all__ = ["BOUND_COLUMNS", "audit_bounds", "smoothing_lower_bound", "find_best_tables", "audit_model_run"]
 
-#: The per-image lower bounds of ``bounds.csv`` that the audit checks.
-BOUND_COLUMNS: tuple[str, ...] = ("l_bound_evt", "l_bound_empirical_max", "omega_distance")
+#: The per-image lower bounds of ``bounds.csv`` that the audit checks (those a table has): the L-bound with
+#: either L, the omega-bound with the paper's random omega (``omega_distance``) and, when the bounds run used the
+#: adversarial estimator (``BoundConfig.omega_ascent_steps > 0``), with the adversarial omega and the per-image one.
+BOUND_COLUMNS: tuple[str, ...] = ("l_bound_evt", "l_bound_empirical_max", "omega_distance",
+                                  "omega_distance_adversarial", "omega_distance_adversarial_per_image")
 
 BEST_COLUMNS = ("image", "norm", "best")
 

@@ -141,33 +141,37 @@ def gev_negative_log_likelihood(x: np.ndarray, c: float, loc: float, scale: floa
     return float(value) if math.isfinite(value) else math.inf
 
 
-def _mle(z: np.ndarray) -> tuple[float, float, float, float]:
+def _mle(z: np.ndarray, bounded: bool = False) -> tuple[float, float, float, float]:
     """Maximum-likelihood GEV fit of standardized data ``z``: ``(shape, loc, scale, negative log-likelihood)``.
 
     Nelder-Mead on ``(shape, loc, log scale)`` from several starting shapes, with ``loc``/``scale`` started at
     the Gumbel MLE; the best likelihood wins. (``scipy.stats.genextreme.fit`` alone sometimes stops at its
-    starting point; this is the same likelihood, minimized more carefully.)
+    starting point; this is the same likelihood, minimized more carefully.) ``bounded``: the shape is kept
+    positive (``c = exp(theta_0)``), i.e. a reverse-Weibull fit with a finite right endpoint, as CLEVER fits.
     """
     from scipy.optimize import minimize
 
     def nll(theta: np.ndarray) -> float:
         c, loc, log_scale = theta
-        return gev_negative_log_likelihood(z, float(c), float(loc), math.exp(float(log_scale)))
+        c = math.exp(min(float(c), 50.0)) if bounded else float(c)
+        return gev_negative_log_likelihood(z, c, float(loc), math.exp(float(log_scale)))
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         g_loc, g_scale = stats.gumbel_r.fit(z)
         best: tuple[float, float, float, float] | None = None
-        for c0 in (0.0, 0.25, -0.25, 0.5):
+        for c0 in ((0.1, 0.25, 0.5, 1.0) if bounded else (0.0, 0.25, -0.25, 0.5)):
             # Start inside the support: 1 - c0 (z - loc) / scale > 0 for every z.
             reach = (z.max() - g_loc) if c0 > 0 else (g_loc - z.min())
             scale0 = max(g_scale, 1.5 * abs(c0) * reach)
-            start = np.array([c0, g_loc, math.log(scale0)])
+            start = np.array([math.log(c0) if bounded else c0, g_loc, math.log(scale0)])
             if not math.isfinite(nll(start)):
                 continue
             res = minimize(nll, start, method="Nelder-Mead",
                            options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 4000, "maxfev": 8000})
             c, loc, log_scale = (float(t) for t in res.x)
+            if bounded:
+                c = math.exp(min(c, 50.0))
             value = nll(res.x)
             if math.isfinite(value) and (best is None or value < best[3]):
                 best = (c, loc, math.exp(log_scale), value)
@@ -187,6 +191,7 @@ def fit_gev(
     n_samples: int | None = None,
     batch_size: int = 1,
     seed: int = 0,
+    bounded: bool = False,
 ) -> GEVFit:
     """Fit a GEV to ``maxima`` by maximum likelihood and estimate the supremum (see the module docstring).
 
@@ -198,6 +203,9 @@ def fit_gev(
         floor_at_max: never return less than the empirical maximum.
         empirical_max: the largest of all samples (default: the largest maximum).
         n_samples, batch_size, seed: recorded with the result.
+        bounded: fit only bounded upper tails (shape > 0, reverse Weibull): for a supremum known to be finite
+            (a loss with bounded values, a gradient norm of a network), a heavy (Frechet) tail is a misfit whose
+            quantile can be orders of magnitude above every sample.
     """
     check_probability("tail_prob", tail_prob)
     check_probability("ks_alpha", ks_alpha)
@@ -223,7 +231,7 @@ def fit_gev(
         return fallback("batch maxima are (numerically) constant")
     z = (m - mean) / std
     try:
-        c, loc_z, scale_z, _ = _mle(z)
+        c, loc_z, scale_z, _ = _mle(z, bounded=bounded)
     except RuntimeError as exc:
         return fallback(str(exc))
     loc, scale = mean + std * loc_z, std * scale_z
@@ -250,8 +258,9 @@ def estimate_supremum(
     floor_at_max: bool = True,
     seed: int = 0,
     method: str = "evt",
+    bounded: bool = False,
 ) -> GEVFit:
-    """Estimate ``sup`` of the quantity sampled in ``samples`` (shape ``[n]``).
+    """Estimate ``sup`` of the quantity sampled in ``samples`` (shape ``[n]``) (``bounded``: see :func:`fit_gev`).
 
     ``method='evt'``: batch maxima of ``batch_size`` samples -> :func:`fit_gev`. ``method='empirical-max'``:
     the largest sample (what the authors' code used for ``L``).
@@ -270,5 +279,5 @@ def estimate_supremum(
     maxima = batch_maxima(arr, batch_size, seed=seed)
     return fit_gev(
         maxima, tail_prob=tail_prob, ks_alpha=ks_alpha, min_maxima=min_maxima, floor_at_max=floor_at_max,
-        empirical_max=float(arr.max()), n_samples=int(arr.size), batch_size=batch_size, seed=seed,
+        empirical_max=float(arr.max()), n_samples=int(arr.size), batch_size=batch_size, seed=seed, bounded=bounded,
     )

@@ -50,6 +50,7 @@ __all__ = [
     "Smooth",
     "Certificate",
     "lower_confidence_bound",
+    "max_certifiable_radius",
     "CertifyConfig",
     "CertifyResult",
     "image_generator",
@@ -79,6 +80,18 @@ def lower_confidence_bound(NA: int, N: int, alpha: float) -> float:
     if NA == 0:
         return 0.0
     return float(stats.beta.ppf(alpha, NA, N - NA + 1))
+
+
+def max_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
+    """The largest radius CERTIFY can return with ``n`` estimation samples, failure probability ``alpha`` and noise
+    ``sigma``: ``sigma * Phi^-1(pABar)`` at ``nA = n`` (every noisy copy classified as the top class), where the
+    Clopper-Pearson lower bound is ``pABar = alpha^(1/n)``. Certified error at a larger radius is 100% for any
+    model, by construction of the certificate -- not a result about the model.
+    """
+    n = _check_count("n", n)
+    check_probability("alpha", alpha)
+    sigma = float(check_positive("sigma", sigma))
+    return float(sigma * stats.norm.ppf(lower_confidence_bound(n, n, alpha)))
 
 
 class Certificate(NamedTuple):
