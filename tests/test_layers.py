@@ -29,7 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "algorithms": ("paperlib.regularizers", "paperlib.training.methods", "paperlib.attacks.base",
                    "paperlib.attacks.pgd", "paperlib.attacks.cw", "paperlib.attacks.boundary",
                    "paperlib.attacks.logbarrier", "paperlib.bounds.evt", "paperlib.bounds.sampling",
-                   "paperlib.bounds.statistics", "paperlib.theory"),
+                   "paperlib.bounds.statistics", "paperlib.bounds.adversarial", "paperlib.theory"),
     "metrics": ("paperlib.attacks.checks", "paperlib.bounds.audit", "paperlib.metrics"),
     "stages": ("paperlib.training.engine", "paperlib.training", "paperlib.attacks.suite", "paperlib.attacks",
                "paperlib.bounds.lipschitz", "paperlib.bounds.smoothing", "paperlib.bounds", "paperlib.stages"),
