@@ -5,7 +5,7 @@ Every experiment in paperlib is described by a frozen dataclass (``TrainConfig``
 ``CertifyConfig`` in :mod:`paperlib.bounds`).  This module holds what they share:
 
 * :class:`Profile` -- the scale at which the paper's recipe is run (``smoke``, ``fmnist``, ``cifar10``,
-  ``imagenet``), see DESIGN.md section 8;
+  ``imagenet``);
 * :func:`config_hash` -- a stable hash of a config, used by the run store (:mod:`paperlib.runs`) so that a
   changed config never loads a stale result;
 * :class:`ConfigError` and the ``check_*`` helpers -- every bad user input raises a ``ConfigError`` whose
@@ -314,7 +314,7 @@ def normalize_norm(norm: str) -> str:
 
 @dataclass(frozen=True)
 class Profile:
-    """The scale at which the paper's recipe runs (DESIGN.md section 8).
+    """The scale at which the paper's recipe runs.
 
     Args:
         name: profile name, also the first level of the run store (``runs/<name>/``).

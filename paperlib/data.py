@@ -2,7 +2,7 @@
 
 Every dataset yields ``(x, y)`` with ``x`` a float32 tensor ``[C, H, W]`` with pixels in [0, 1] and ``y`` an
 int label. Normalization, where a recipe wants it, lives inside the model (:class:`paperlib.models.Normalize`),
-so attacks and bounds always measure distances in [0, 1] pixel units (DESIGN.md sections 3 and 7).
+so attacks and bounds always measure distances in [0, 1] pixel units.
 
 Names understood by :func:`load_dataset`:
 

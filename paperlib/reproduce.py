@@ -1,6 +1,6 @@
 """``paperlib reproduce``: the paper's whole grid for a profile -- train, attack, bound, certify.
 
-The grid (DESIGN.md section 8; Tables 1, 2, B.3, B.4 of the paper), keyed by the row keys of
+The grid (Tables 1, 2, B.3, B.4 of the paper), keyed by the row keys of
 :mod:`paperlib.report.paper`:
 
 * ``undefended``;

@@ -60,7 +60,7 @@ def test_norm_names_are_case_insensitive():
 def test_profiles_are_consistent():
     assert set(PROFILES) == {"smoke", "fmnist", "cifar10", "imagenet"}
     c = get_profile("cifar10")
-    # The paper's CIFAR-10 recipe (DESIGN.md section 8).
+    # The paper's CIFAR-10 recipe (section 4 and the authors' code).
     assert (c.model, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay, c.milestones, c.lr_gamma) == (
         "resnext34-2x32", 200, 128, 0.1, 0.9, 5e-4, (60, 120, 160), 0.2)
     for p in PROFILES.values():

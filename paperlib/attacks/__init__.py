@@ -1,4 +1,4 @@
-"""The attack suite (paper section 4; DESIGN.md section 5).
+"""The attack suite (paper section 4).
 
 Attacks follow foolbox 3's contract (:mod:`.base`): keyword-only constructors with literature defaults,
 called as ``attack(model, x, y, seed=...)`` (minimal distance) or ``attack(model, x, y, eps=..., seed=...)``

@@ -5,7 +5,7 @@ eps-ball, projecting every iterate onto the ball and onto [0, 1]: sign steps in 
 steps in l2 (the norm strategy of :mod:`paperlib.attacks.norms`). An image stops as soon as an iterate is misclassified (the first adversarial
 found is kept), which is decided per image, so batching never changes a result.
 
-:class:`MinimalPGD` turns it into a minimal-distance attack (DESIGN.md section 5): grow eps by ``growth``
+:class:`MinimalPGD` turns it into a minimal-distance attack: grow eps by ``growth``
 (1.5x) until PGD succeeds, then bisect the bracket ``search_steps`` times (about 20), running ``steps``
 iterations (about 40) per eps; the returned adversarial is the one found at the smallest successful eps.
 It ascends the logit margin by default (see :class:`MinimalPGD` for the measurement behind that choice).
@@ -148,7 +148,7 @@ class MinimalPGD(MinimizationAttack):
     Every PGD run at a trial eps is a fresh PGD with its own random start (seeded per image and trial).
     ``result.eps`` holds the radius of the ball each adversarial was found in.
 
-    The default loss is the logit margin, not cross-entropy (DESIGN.md says cross-entropy): the search asks
+    The default loss is the logit margin, not cross-entropy: the search asks
     "is there an adversarial in this ball?", and the margin is maximized exactly by the most misclassified
     point. Measured on a 5-class linear model with low-confidence logits (D = 784), cross-entropy PGD stopped
     12-21 % above the exact minimal distance, the margin loss within 0.1 % (the closed form of

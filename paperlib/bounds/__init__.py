@@ -1,4 +1,4 @@
-"""Bounds and certification (paper section 2, Tables 1, 2, B.3, B.5, B.6; DESIGN.md section 6).
+"""Bounds and certification (paper section 2, Tables 1, 2, B.3, B.5, B.6).
 
 Modules, one concept each:
 

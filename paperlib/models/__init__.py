@@ -132,7 +132,7 @@ def _resnet50(num_classes: int = 1000, **kw) -> nn.Module:
     from torchvision.models import resnet50
 
     # ImageNet statistics; the authors normalized outside the model, we put it inside so that attacks,
-    # bounds and the penalty all see [0, 1] pixels (h and eps in pixel units; DESIGN.md section 10).
+    # bounds and the penalty all see [0, 1] pixels (h and eps in pixel units).
     return nn.Sequential(Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
                          resnet50(weights=None, num_classes=num_classes, **kw))
 

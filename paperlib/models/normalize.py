@@ -12,7 +12,7 @@ class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, as the first layer of a model.
 
     Keeping normalization inside the model means the penalty's ``h``, attack radii ``eps`` and bound
-    distances are all in [0, 1] pixel units (DESIGN.md section 3).
+    distances are all in [0, 1] pixel units.
 
     Args:
         mean: per-channel means (length C).

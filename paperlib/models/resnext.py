@@ -1,4 +1,4 @@
-"""The paper's CIFAR-10 network: ResNeXt-34 (2x32), as in the authors' code (DESIGN.md section 10).
+"""The paper's CIFAR-10 network: ResNeXt-34 (2x32), as in the authors' code.
 
 Structure (about 3.89 M parameters; ``tests/test_models.py`` checks the count and the layers):
 

@@ -1,4 +1,4 @@
-"""Training: the paper's four methods on one process or many (DESIGN.md sections 4, 8 and 10).
+"""Training: the paper's four methods on one process or many (the profiles of :mod:`paperlib.config`).
 
 >>> from paperlib.training import TrainConfig, train, load_trained
 >>> cfg = TrainConfig.from_profile('smoke', method='penalty', penalty='fd', norm='l2', lam=1.0, h=0.01)

@@ -3,7 +3,7 @@
 :func:`train` runs one :class:`TrainConfig` into a run of the run store (``runs/<profile>/<run_name>/``):
 
 * SGD with momentum and weight decay; the learning rate is multiplied by ``lr_gamma`` at each milestone
-  epoch (the profiles of DESIGN.md section 8; free AT divides epochs and milestones by ``m``);
+  epoch (the profiles of :mod:`paperlib.config`; free AT divides epochs and milestones by ``m``);
 * every epoch: training (wall time measured, evaluation excluded), evaluation of the clean test error in eval
   mode, one row of ``train_log.csv``, a line of ``log.txt``, and a checkpoint (model, optimizer, method state,
   log, elapsed training time) written atomically;

@@ -1,4 +1,4 @@
-"""The four training methods the paper compares, one step function each (DESIGN.md sections 4 and 8).
+"""The four training methods the paper compares, one step function each.
 
 * ``undefended`` -- plain cross-entropy, :class:`Standard`;
 * ``penalty`` -- cross-entropy plus the squared-norm input-gradient penalty of eq. 8, by finite differences
