@@ -1,4 +1,4 @@
-"""CI smoke check of the experiment notebooks (DESIGN.md section 9): each of book/{train,attack,bound,certify}
+"""CI smoke check of the experiment notebooks: each of book/{train,attack,bound,certify}
 is prepared by papermill with ``-p profile smoke`` and a fresh run store, then executed by nbval (lax mode), so
 the compute path of every page runs end to end on a few Fashion-MNIST images in a few minutes.
 
