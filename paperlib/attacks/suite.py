@@ -104,8 +104,8 @@ class AttackConfig:
             distance is below ``masking_ratio`` times the best gradient attack's.
         masking_max_fraction: the masking check fails when more than this fraction of images is flagged.
         min_success: every minimal-distance attack must succeed on at least this fraction of the images.
-        pgd_loss: MinimalPGD's loss: 'margin' (the committed runs), 'ce', or 'margin+ce' (at each radius
-            cross-entropy PGD runs on the images margin PGD did not break; both count).
+        pgd_loss: MinimalPGD's loss: 'margin' (the committed runs), 'ce', or 'margin+ce' (two independent
+            radius searches, one per loss; the closer adversarial of each image counts).
         cw_squeeze: Carlini-Wagner's squeezed tanh start (see :class:`CarliniWagnerL2` ``squeeze``); None:
             the committed runs' start ``atanh((2x - 1) * 0.999999)``.
         logbarrier_linf_step: LogBarrier's linf step: 'smooth' (the authors' smooth-max gradient, the
