@@ -14,8 +14,24 @@ gradient masking. Algorithm (foolbox 3's ``BoundaryAttack``, batched and per-ima
 3. Step adaptation: every ``update_stats_every_k`` steps the spherical candidate is also tested; over the last
    100 such tests, a success rate above 0.5 (below 0.2) multiplies (divides) both step sizes by
    ``step_adaptation``; over the last 30 candidates, a success rate above 0.25 (below 0.1) scales the source
-   step alone.
+   step alone (100 and 30: ``sph_window`` and ``step_window``).
 4. An image has converged when its source step falls below ``source_step_convergence``; it is then frozen.
+
+Options beyond foolbox 3 (their defaults reproduce it, and the committed runs, exactly):
+
+* ``sph_window``, ``step_window`` (and ``update_stats_every_k``): the lengths of the two success histories.
+  Foolbox's 100-entry history, filled once every 10 steps, first adapts the step sizes after 1000 steps, so a
+  short budget runs at the initial 1e-2 steps throughout. Measured on runs/fmnist/undefended, the first 30 of
+  its 60 attacked images (29 clean-correct), 1500 steps: median l2 3.14 with the defaults (1634 forward
+  passes per image), 1.36 with windows 10 and 10 and ``update_stats_every_k = 5`` (1779 passes per image),
+  1.03 with the same at 3000 steps (3519 passes); the best gradient attack of the committed suite on those
+  images is 5.08x closer (median ratio) with the defaults, 1.95x, 1.44x respectively.
+* ``init_starts``: the closest of several bisected blended-uniform-noise starts (:func:`best_blended_start`),
+  gradient-free; on the same images with the windows above it moved the median from 1.36 to 1.30 for 192
+  more passes per image.
+* ``diff_mask``: orthogonal steps weighted by ``|x - adversarial|`` (Brunner et al. 2019); on the same images
+  median 1.25 instead of 1.36, but the median ratio to the best gradient attack rose from 1.95 to 2.09, so it
+  is not recommended on this evidence.
 """
 
 from __future__ import annotations
@@ -29,7 +45,7 @@ from torch import Tensor, nn
 from paperlib.attacks.base import ImageNoise, MinimizationAttack
 from paperlib.config import check_positive
 
-__all__ = ["BoundaryAttack", "blended_uniform_noise_start"]
+__all__ = ["BoundaryAttack", "blended_uniform_noise_start", "best_blended_start"]
 
 
 def _kd(v: Tensor, like: Tensor) -> Tensor:
@@ -107,6 +123,54 @@ def blended_uniform_noise_start(model: nn.Module, x: Tensor, y: Tensor, noise: I
     return start, found
 
 
+def best_blended_start(model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor, *,
+                       starts: int = 20, bisect_steps: int = 12, stream: int = 1 << 25,
+                       fallback_directions: int = 1000) -> tuple[Tensor, Tensor]:
+    """The closest of ``starts`` blended-uniform-noise starting points per image (gradient-free).
+
+    For each of ``starts`` uniform-noise images that the model misclassifies, a bisection of ``bisect_steps``
+    steps over the blend factor ``a`` of ``(1 - a) x + a noise`` (from ``a = 1``, adversarial, toward the
+    image) finds an adversarial blend; the one closest to the image (l2) is kept. Images none of whose draws
+    is adversarial get :func:`blended_uniform_noise_start` (up to ``fallback_directions`` draws). Cost:
+    ``starts * (1 + bisect_steps)`` forward passes per image. Every draw is the image's own
+    (``noise.uniform``), so the start does not depend on the batch.
+
+    Returns:
+        ``(start [R, ...], found bool [R])`` as :func:`blended_uniform_noise_start`.
+    """
+    n = len(x)
+    shape = tuple(x.shape[1:])
+    best = x.clone()
+    best_d = torch.full((n,), math.inf, dtype=torch.float64, device=x.device)
+    for k in range(starts):
+        cand = noise.uniform(stream + k, shape, x.dtype, rows=rows)
+        ok = _is_adv(model, cand, y)
+        idx = ok.nonzero().flatten()
+        if idx.numel() == 0:
+            continue
+        xs, rs, ys = x[idx], cand[idx], y[idx]
+        hi = torch.ones(len(idx), dtype=x.dtype, device=x.device)
+        lo = torch.zeros(len(idx), dtype=x.dtype, device=x.device)
+        for _ in range(bisect_steps):
+            mid = (lo + hi) / 2
+            adv = _is_adv(model, (1 - _kd(mid, xs)) * xs + _kd(mid, xs) * rs, ys)
+            hi = torch.where(adv, mid, hi)
+            lo = torch.where(adv, lo, mid)
+        pt = ((1 - _kd(hi, xs)) * xs + _kd(hi, xs) * rs).clamp(0, 1)
+        d = (pt - xs).flatten(1).to(torch.float64).norm(dim=1)
+        closer = d < best_d[idx]
+        best[idx[closer]] = pt[closer]
+        best_d[idx[closer]] = d[closer]
+    found = torch.isfinite(best_d)
+    miss = (~found).nonzero().flatten()
+    if miss.numel():
+        start, ok = blended_uniform_noise_start(model, x[miss], y[miss], noise, rows[miss],
+                                                directions=fallback_directions)
+        best[miss] = start
+        found[miss] = ok
+    return best, found
+
+
 class BoundaryAttack(MinimizationAttack):
     """The Boundary attack (Brendel et al. 2018; foolbox 3 defaults), a decision-based l2 attack.
 
@@ -118,6 +182,17 @@ class BoundaryAttack(MinimizationAttack):
         step_adaptation: factor by which step sizes are adapted (1.5).
         update_stats_every_k: test the spherical candidate and adapt the steps every k steps (10).
         init_directions, init_steps: the blended-uniform-noise starting point (1000 draws, 50 blends).
+        init_starts: 1 (default, the committed runs): foolbox's start above; ``k > 1``: the closest of ``k``
+            bisected blended-uniform-noise starts (:func:`best_blended_start`, ``init_bisect_steps`` each).
+        init_bisect_steps: bisection steps per start when ``init_starts > 1`` (12).
+        sph_window, step_window: lengths of the two success histories of the step adaptation (100 and 30,
+            foolbox 3; the adaptation waits until a history is full, so with ``update_stats_every_k = 10``
+            foolbox's first joint adaptation comes after 1000 steps). Shorter windows adapt the step sizes
+            within a short budget (Brendel et al.'s rule: keep about half of the orthogonal steps adversarial).
+        diff_mask: False (default, the committed runs): isotropic Gaussian orthogonal steps; True: the Gaussian
+            is multiplied pixel by pixel by ``|x - adversarial|`` before it is made orthogonal (the region
+            mask of Brunner et al. 2019, "Guessing smart"): pixels the current adversarial already changed
+            are explored more, pixels it left alone (e.g. Fashion-MNIST's exact-0 background) less.
     """
 
     name = "boundary"
@@ -126,7 +201,9 @@ class BoundaryAttack(MinimizationAttack):
 
     def __init__(self, *, steps: int = 25000, spherical_step: float = 1e-2, source_step: float = 1e-2,
                  source_step_convergence: float = 1e-7, step_adaptation: float = 1.5,
-                 update_stats_every_k: int = 10, init_directions: int = 1000, init_steps: int = 50) -> None:
+                 update_stats_every_k: int = 10, init_directions: int = 1000, init_steps: int = 50,
+                 init_starts: int = 1, init_bisect_steps: int = 12, sph_window: int = 100,
+                 step_window: int = 30, diff_mask: bool = False) -> None:
         self.steps = int(check_positive("steps", steps))
         self.spherical_step = float(check_positive("spherical_step", spherical_step))
         self.source_step = float(check_positive("source_step", source_step))
@@ -135,21 +212,32 @@ class BoundaryAttack(MinimizationAttack):
         self.update_stats_every_k = int(check_positive("update_stats_every_k", update_stats_every_k))
         self.init_directions = int(check_positive("init_directions", init_directions))
         self.init_steps = int(check_positive("init_steps", init_steps))
+        self.init_starts = int(check_positive("init_starts", init_starts))
+        self.init_bisect_steps = int(check_positive("init_bisect_steps", init_bisect_steps))
+        self.sph_window = int(check_positive("sph_window", sph_window))
+        self.step_window = int(check_positive("step_window", step_window))
+        self.diff_mask = bool(diff_mask)
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
                 **_: object) -> tuple[Tensor, Optional[Tensor]]:
         n, dev, dt = len(x), x.device, x.dtype
-        best, found = blended_uniform_noise_start(model, x, y, noise, rows, directions=self.init_directions,
-                                                  steps=self.init_steps)
+        if self.init_starts > 1:
+            best, found = best_blended_start(model, x, y, noise, rows, starts=self.init_starts,
+                                             bisect_steps=self.init_bisect_steps,
+                                             fallback_directions=self.init_directions)
+        else:
+            best, found = blended_uniform_noise_start(model, x, y, noise, rows, directions=self.init_directions,
+                                                      steps=self.init_steps)
         orig = x.flatten(1)
         best = best.flatten(1)
         d = orig.shape[1]
         spherical = torch.full((n,), self.spherical_step, dtype=dt, device=dev)
         source = torch.full((n,), self.source_step, dtype=dt, device=dev)
         # success histories: ring buffers per image (count of entries, and the entries)
-        sph_hist = torch.zeros(n, 100, dtype=torch.bool, device=dev)
+        ws, wt = self.sph_window, self.step_window
+        sph_hist = torch.zeros(n, ws, dtype=torch.bool, device=dev)
         sph_count = torch.zeros(n, dtype=torch.int64, device=dev)
-        step_hist = torch.zeros(n, 30, dtype=torch.bool, device=dev)
+        step_hist = torch.zeros(n, wt, dtype=torch.bool, device=dev)
         step_count = torch.zeros(n, dtype=torch.int64, device=dev)
         active = found.nonzero().flatten()
         k = self.update_stats_every_k
@@ -162,6 +250,8 @@ class BoundaryAttack(MinimizationAttack):
             src_norm = unnorm.norm(dim=1)
             src_dir = unnorm / src_norm.clamp_min(1e-30)[:, None]
             eta = _shared_normal(noise.seed, self._salt, step, d, dt, dev).expand(len(active), d)
+            if self.diff_mask:
+                eta = eta * unnorm.abs()
             eta = eta - (eta * src_dir).sum(1, keepdim=True) * src_dir
             eta = eta * (spherical[active] * src_norm / eta.norm(dim=1).clamp_min(1e-30))[:, None]
             dist = (spherical[active] ** 2 + 1).sqrt()[:, None]
@@ -175,10 +265,10 @@ class BoundaryAttack(MinimizationAttack):
             if check:
                 both = _is_adv(model, torch.cat([cand, sph_cand]).view(-1, *x.shape[1:]), y[active].repeat(2))
                 is_adv, sph_adv = both[: len(active)], both[len(active):]
-                slot = sph_count[active] % 100
+                slot = sph_count[active] % ws
                 sph_hist[active, slot] = sph_adv
                 sph_count[active] += 1
-                slot = step_count[active] % 30
+                slot = step_count[active] % wt
                 step_hist[active, slot] = is_adv
                 step_count[active] += 1
             else:
@@ -188,13 +278,13 @@ class BoundaryAttack(MinimizationAttack):
             best[active[better]] = cand[better]
             if check:
                 sph, src = spherical[active], source[active]
-                full = sph_count[active] >= 100
+                full = sph_count[active] >= ws
                 prob = sph_hist[active].to(dt).mean(1)
                 up, down = full & (prob > 0.5), full & (prob < 0.2)
                 factor = torch.where(up, a, torch.where(down, 1 / a, 1.0)).to(dt)
                 sph, src = sph * factor, src * factor
                 sph_count[active[up | down]] = 0
-                full = step_count[active] >= 30
+                full = step_count[active] >= wt
                 prob = step_hist[active].to(dt).mean(1)
                 up, down = full & (prob > 0.25), full & (prob < 0.1)
                 src = src * torch.where(up, a, torch.where(down, 1 / a, 1.0)).to(dt)

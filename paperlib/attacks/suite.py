@@ -112,6 +112,14 @@ class AttackConfig:
             committed runs) or 'box' (see :class:`LogBarrierAttack` ``linf_step``).
         logbarrier_refine_steps: bisection steps on the segment from the image to LogBarrier's adversarial
             (0: none, the committed runs).
+        boundary_init_starts, boundary_sph_window, boundary_step_window, boundary_update_every,
+            boundary_diff_mask: the Boundary attack's ``init_starts``, ``sph_window``, ``step_window``,
+            ``update_stats_every_k`` and ``diff_mask`` (see :class:`BoundaryAttack`); the defaults (1, 100,
+            30, 10, False) are foolbox 3's, the committed runs.
+        convergence_tail: None (the committed runs): the convergence check compares medians only; a fraction
+            ``f``: it also fails when more than ``f`` of the re-attacked images improve their best distance by
+            more than ``convergence_tol`` with the doubled budgets (see
+            :func:`~paperlib.attacks.checks.check_convergence`).
 
     The last four fields were added after runs were stored: at their defaults they are left out of the hash
     (``OMIT_AT_DEFAULT``), so the stored runs keep their names and the defaults reproduce them.
@@ -138,6 +146,12 @@ class AttackConfig:
     cw_squeeze: Optional[float] = field(default=None, metadata={OMIT_AT_DEFAULT: True})
     logbarrier_linf_step: str = field(default="smooth", metadata={OMIT_AT_DEFAULT: True})
     logbarrier_refine_steps: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
+    boundary_init_starts: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
+    boundary_sph_window: int = field(default=100, metadata={OMIT_AT_DEFAULT: True})
+    boundary_step_window: int = field(default=30, metadata={OMIT_AT_DEFAULT: True})
+    boundary_update_every: int = field(default=10, metadata={OMIT_AT_DEFAULT: True})
+    boundary_diff_mask: bool = field(default=False, metadata={OMIT_AT_DEFAULT: True})
+    convergence_tail: Optional[float] = field(default=None, metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         attacks = tuple(self.attacks) if not isinstance(self.attacks, str) else (self.attacks,)
@@ -178,6 +192,16 @@ class AttackConfig:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ConfigError(f"logbarrier_refine_steps={v!r} must be an integer")
         check_nonnegative("logbarrier_refine_steps", v)
+        for name in ("boundary_init_starts", "boundary_sph_window", "boundary_step_window", "boundary_update_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name}={v!r} must be an integer")
+            check_positive(name, v)
+        if not isinstance(self.boundary_diff_mask, bool):
+            raise ConfigError(f"boundary_diff_mask={self.boundary_diff_mask!r} must be True or False")
+        t = self.convergence_tail
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < 1):
+            raise ConfigError(f"convergence_tail={t!r} must be None or a fraction in [0, 1)")
 
     def jobs(self) -> list[tuple[str, str]]:
         """The (attack, norm) pairs the suite runs, in order."""
@@ -204,7 +228,9 @@ class AttackConfig:
             return CarliniWagnerL2(steps=self.cw_steps, binary_search_steps=self.cw_binary_search_steps,
                                    squeeze=self.cw_squeeze)
         if attack == "boundary":
-            return BoundaryAttack(steps=self.boundary_steps)
+            return BoundaryAttack(steps=self.boundary_steps, init_starts=self.boundary_init_starts,
+                                  sph_window=self.boundary_sph_window, step_window=self.boundary_step_window,
+                                  update_stats_every_k=self.boundary_update_every, diff_mask=self.boundary_diff_mask)
         if attack == "logbarrier":
             return LogBarrierAttack(norm=norm, max_outer=self.logbarrier_outer, max_inner=self.logbarrier_inner,
                                     linf_step=self.logbarrier_linf_step, refine_steps=self.logbarrier_refine_steps)
@@ -507,6 +533,11 @@ def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: A
         convergence = {n: (float(before[before["norm"] == n]["best"].median()),
                            float(after[after["norm"] == n]["best"].median())) for n in cfg.norms}
         convergence["n"] = m
+        if cfg.convergence_tail is not None:  # per-image pairs for the tail check (only when it is asked for)
+            for nrm in cfg.norms:
+                b = before[before["norm"] == nrm].set_index("image")["best"]
+                a = after[after["norm"] == nrm].set_index("image")["best"].reindex(b.index)
+                convergence[f"per_image_{nrm}"] = [b.tolist(), a.tolist()]
     checks = run_checks(model, x, y, attacks, best, cfg, stats=info["stats"], convergence=convergence)
     summary = summarize(attacks, best, info["seconds"], info["passes"])
     summary["convergence"] = convergence
