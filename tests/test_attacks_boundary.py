@@ -109,17 +109,19 @@ def test_new_fields_keep_the_fmnist_hash_are_validated_and_reach_the_attack():
     cfg = evaluation_configs("fmnist")["attack"]
     assert config_hash(cfg) == committed["hash"] and attack_run_name(cfg) == "attack-84037464"
     fields = dict(boundary_init_starts=5, boundary_sph_window=10, boundary_step_window=10,
-                  boundary_update_every=5, boundary_diff_mask=True, convergence_tail=0.05)
+                  boundary_update_every=5, boundary_diff_mask=True, boundary_initial_step=0.05,
+                  convergence_tail=0.05)
     for name, value in fields.items():
         assert name not in committed["config"]
         assert config_hash(dataclasses.replace(cfg, **{name: value})) != committed["hash"]
     for bad in (dict(boundary_init_starts=0), dict(boundary_sph_window=2.0), dict(boundary_update_every=True),
-                dict(boundary_diff_mask=1), dict(convergence_tail=1.0), dict(convergence_tail=True)):
+                dict(boundary_diff_mask=1), dict(boundary_initial_step=0.0), dict(boundary_initial_step=1),
+                dict(convergence_tail=1.0), dict(convergence_tail=True)):
         with pytest.raises(ConfigError):
             AttackConfig(**bad)
     atk = AttackConfig(**fields).build("boundary", "l2")
-    assert (atk.init_starts, atk.sph_window, atk.step_window, atk.update_stats_every_k, atk.diff_mask) == \
-        (5, 10, 10, 5, True)
+    assert (atk.init_starts, atk.sph_window, atk.step_window, atk.update_stats_every_k, atk.diff_mask,
+            atk.spherical_step, atk.source_step) == (5, 10, 10, 5, True, 0.05, 0.05)
     d = AttackConfig().build("boundary", "l2")
-    assert (d.init_starts, d.sph_window, d.step_window, d.update_stats_every_k, d.diff_mask) == \
-        (1, 100, 30, 10, False)
+    assert (d.init_starts, d.sph_window, d.step_window, d.update_stats_every_k, d.diff_mask, d.spherical_step,
+            d.source_step) == (1, 100, 30, 10, False, 1e-2, 1e-2)

@@ -115,13 +115,14 @@ class AttackConfig:
         boundary_init_starts, boundary_sph_window, boundary_step_window, boundary_update_every,
             boundary_diff_mask: the Boundary attack's ``init_starts``, ``sph_window``, ``step_window``,
             ``update_stats_every_k`` and ``diff_mask`` (see :class:`BoundaryAttack`); the defaults (1, 100,
-            30, 10, False) are foolbox 3's, the committed runs.
+            30, 10, False) are foolbox 3's, the committed runs. boundary_initial_step: its initial
+            ``spherical_step`` and ``source_step`` (1e-2, foolbox 3).
         convergence_tail: None (the committed runs): the convergence check compares medians only; a fraction
             ``f``: it also fails when more than ``f`` of the re-attacked images improve their best distance by
             more than ``convergence_tol`` with the doubled budgets (see
             :func:`~paperlib.attacks.checks.check_convergence`).
 
-    The last four fields were added after runs were stored: at their defaults they are left out of the hash
+    The fields from ``pgd_loss`` on were added after runs were stored: at their defaults they are left out of the hash
     (``OMIT_AT_DEFAULT``), so the stored runs keep their names and the defaults reproduce them.
     """
 
@@ -151,6 +152,7 @@ class AttackConfig:
     boundary_step_window: int = field(default=30, metadata={OMIT_AT_DEFAULT: True})
     boundary_update_every: int = field(default=10, metadata={OMIT_AT_DEFAULT: True})
     boundary_diff_mask: bool = field(default=False, metadata={OMIT_AT_DEFAULT: True})
+    boundary_initial_step: float = field(default=1e-2, metadata={OMIT_AT_DEFAULT: True})
     convergence_tail: Optional[float] = field(default=None, metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
@@ -199,6 +201,9 @@ class AttackConfig:
             check_positive(name, v)
         if not isinstance(self.boundary_diff_mask, bool):
             raise ConfigError(f"boundary_diff_mask={self.boundary_diff_mask!r} must be True or False")
+        s = self.boundary_initial_step
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 1:
+            raise ConfigError(f"boundary_initial_step={s!r} must be a number in (0, 1)")
         t = self.convergence_tail
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < 1):
             raise ConfigError(f"convergence_tail={t!r} must be None or a fraction in [0, 1)")
@@ -230,7 +235,9 @@ class AttackConfig:
         if attack == "boundary":
             return BoundaryAttack(steps=self.boundary_steps, init_starts=self.boundary_init_starts,
                                   sph_window=self.boundary_sph_window, step_window=self.boundary_step_window,
-                                  update_stats_every_k=self.boundary_update_every, diff_mask=self.boundary_diff_mask)
+                                  update_stats_every_k=self.boundary_update_every, diff_mask=self.boundary_diff_mask,
+                                  spherical_step=float(self.boundary_initial_step),
+                                  source_step=float(self.boundary_initial_step))
         if attack == "logbarrier":
             return LogBarrierAttack(norm=norm, max_outer=self.logbarrier_outer, max_inner=self.logbarrier_inner,
                                     linf_step=self.logbarrier_linf_step, refine_steps=self.logbarrier_refine_steps)
