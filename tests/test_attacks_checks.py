@@ -131,7 +131,7 @@ def test_tail_check_sees_what_the_median_cannot():
     # an image broken only by the doubled budgets counts as improved; one broken by neither does not
     conv = {"l2": (1.0, 1.0), "n": 3, "per_image_l2": [[math.inf, math.inf, 1.0], [0.5, math.inf, 1.0]]}
     small = C.check_convergence(conv, tol=0.05, tail=0.5).message
-    assert "1 of 3 images" in small and "only 3 images: raise convergence_n" in small
+    assert "1 of 3 images" in small and "only 3 images re-attacked: raise convergence_n" in small
 
 
 def _convergence(committed, pgd_steps):

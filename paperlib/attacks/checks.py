@@ -38,7 +38,7 @@ logger = logging.getLogger("paperlib.attacks")
 
 BOX_TOL = 1e-6  # float32 rounding at the box edges
 BALL_TOL = 1e-5  # relative to eps
-TAIL_MIN_IMAGES = 50  # the convergence check's tail share is reported as coarse below this many images
+TAIL_MIN_IMAGES = 50  # the convergence check's tail share is reported as coarse below this many re-attacked images
 
 
 class Check(NamedTuple):
@@ -196,8 +196,9 @@ def check_convergence(convergence: Optional[dict], tol: float, tail: Optional[fl
             ok &= share <= tail
             text += (f", {improved} of {counted} images ({100 * share:.1f}%) improved by more than "
                      f"{100 * tol:.0f}% (at most {100 * tail:.1f}% allowed)"
-                     + (f"; only {counted} images: raise convergence_n to 50 or more for a tail share"
-                        if counted < TAIL_MIN_IMAGES else ""))
+                     + (f"; only {convergence.get('n')} images re-attacked: raise convergence_n to "
+                        f"{TAIL_MIN_IMAGES} or more for a tail share" if (convergence.get("n") or 0) < TAIL_MIN_IMAGES
+                        else ""))
         parts.append(text)
     msg = f"doubled budgets on {convergence.get('n')} images: " + "; ".join(parts)
     if not ok:
