@@ -106,24 +106,27 @@ class AttackConfig:
         min_success: every minimal-distance attack must succeed on at least this fraction of the images.
         pgd_loss: MinimalPGD's loss: 'margin' (the committed runs), 'ce', or 'margin+ce' (two independent
             radius searches, one per loss; the closer adversarial of each image counts).
-        cw_squeeze: Carlini-Wagner's squeezed tanh start (see :class:`CarliniWagnerL2` ``squeeze``); None:
-            the committed runs' start ``atanh((2x - 1) * 0.999999)``.
+        cw_squeeze: Carlini-Wagner's squeezed tanh start (see
+            :class:`~paperlib.attacks.cw.CarliniWagnerL2` ``squeeze``); None: the committed runs' start
+            ``atanh((2x - 1) * 0.999999)``.
         logbarrier_linf_step: LogBarrier's linf step: 'smooth' (the authors' smooth-max gradient, the
-            committed runs) or 'box' (see :class:`LogBarrierAttack` ``linf_step``).
+            committed runs) or 'box' (see :class:`~paperlib.attacks.logbarrier.LogBarrierAttack` ``linf_step``).
         logbarrier_refine_steps: bisection steps on the segment from the image to LogBarrier's adversarial
             (0: none, the committed runs).
-        boundary_init_starts, boundary_sph_window, boundary_step_window, boundary_update_every,
-            boundary_diff_mask: the Boundary attack's ``init_starts``, ``sph_window``, ``step_window``,
-            ``update_stats_every_k`` and ``diff_mask`` (see :class:`BoundaryAttack`); the defaults (1, 100,
-            30, 10, False) are foolbox 3's, the committed runs. boundary_initial_step: its initial
-            ``spherical_step`` and ``source_step`` (1e-2, foolbox 3).
+        boundary_init_starts: the Boundary attack's ``init_starts`` (see
+            :class:`~paperlib.attacks.boundary.BoundaryAttack`; default 1, foolbox 3's, the committed runs).
+        boundary_sph_window: its ``sph_window`` (default 100, foolbox 3's).
+        boundary_step_window: its ``step_window`` (default 30, foolbox 3's).
+        boundary_update_every: its ``update_stats_every_k`` (default 10, foolbox 3's).
+        boundary_diff_mask: its ``diff_mask`` (default False).
+        boundary_initial_step: its initial ``spherical_step`` and ``source_step`` (default 1e-2, foolbox 3's).
         convergence_tail: None (the committed runs): the convergence check compares medians only; a fraction
             ``f``: it also fails when more than ``f`` of the re-attacked images improve their best distance by
             more than ``convergence_tol`` with the doubled budgets (see
             :func:`~paperlib.attacks.checks.check_convergence`).
 
-    The fields from ``pgd_loss`` on were added after runs were stored: at their defaults they are left out of the hash
-    (``OMIT_AT_DEFAULT``), so the stored runs keep their names and the defaults reproduce them.
+    The fields from ``pgd_loss`` on were added after runs were stored: at their defaults they are left out of
+    the hash (``OMIT_AT_DEFAULT``), so the stored runs keep their names and the defaults reproduce them.
     """
 
     attacks: tuple[str, ...] = ATTACKS

@@ -376,11 +376,8 @@ class BoundConfig:
         batch_size: images per forward/backward pass.
         seed: seed of every random draw (perturbations, batch shuffles).
 
-    Fields added after runs were stored (issue 13). At their defaults the computation is the one before they
-    existed, and they are left out of the config's dict and hash (``config.OMIT_AT_DEFAULT``), so every stored
-    run keeps its hash and loads:
-
-        omega_ascent_steps: > 0 adds the *adversarial* omega estimator (:mod:`paperlib.bounds.adversarial`):
+    Other Parameters:
+        omega_ascent_steps: > 0 adds the *adversarial* omega estimator (``paperlib.bounds.adversarial``):
             projected gradient ascent on the first-order residual, this many steps from ``omega_ascent_starts``
             starts per image and radius, pooled with the random samples; reported beside the paper's random
             estimator (``omega_distance_adversarial``, ``evt.json['omega_adversarial']``). 0: the paper's only.
@@ -403,6 +400,10 @@ class BoundConfig:
             tails are fitted (reverse Weibull, as CLEVER does), since L and omega of the probability margin loss
             are finite. Measured on 10 images of runs/fmnist/fd-l2-lam1-h0.01 with pooled samples, free fits had
             Frechet shapes and 0.999 quantiles up to 2988 against largest residuals below 2.
+
+    The Other Parameters were added after runs were stored. At their defaults the computation is the one
+    before they existed, and they are left out of the config's dict and hash (``config.OMIT_AT_DEFAULT``), so
+    every stored run keeps its hash and loads.
     """
 
     norm: str = "l2"
