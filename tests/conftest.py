@@ -19,6 +19,14 @@ os.environ.setdefault("PYTHONHASHSEED", "0")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts with one intra-op thread (a test that changes it does not leak into the next)."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 def fashion_mnist_available() -> bool:
     from paperlib.data import DataNotFoundError, load_dataset
 

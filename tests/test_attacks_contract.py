@@ -27,14 +27,6 @@ from paperlib.attacks import (
 from paperlib.config import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyCNN(nn.Module):
     """A float64 CNN for 1x8x8 inputs that records the mode it was called in."""
 

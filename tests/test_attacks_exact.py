@@ -29,14 +29,6 @@ from torch import nn
 from paperlib.attacks import BoundaryAttack, CarliniWagnerL2, LogBarrierAttack, MinimalPGD
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def linear_problem(num_classes: int, n: int = 8, side: int = 8, seed: int = 0):
     """A float64 linear classifier, images near 0.5 and the exact minimal l2/linf distances."""
     g = torch.Generator().manual_seed(seed)

@@ -29,14 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "runs" / "fmnist" / "undefended"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------------------------------
 # Committed runs keep loading
 # --------------------------------------------------------------------------------------------------

@@ -26,14 +26,6 @@ from paperlib.config import ConfigError
 from paperlib.runs import RunStore
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_setup(n: int = 6):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 4))

@@ -25,15 +25,6 @@ from paperlib.config import ConfigError
 from paperlib.losses import logit_margin_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscribing a shared CPU (a 100x slowdown measured here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def linear_binary_model(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     """A float64 two-class linear model on 1x4x4 inputs; returns it and w_d = w_1 - w_0."""
     g = torch.Generator().manual_seed(seed)

@@ -30,14 +30,6 @@ from paperlib.config import ConfigError, config_from_dict, config_hash
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Quadratic(nn.Module):
     """Output ``[B, 1]``: ``0.5 * c * <u, x - x0>^2 + <a, x>`` (``u = None``: ``0.5 * c * ||x - x0||^2 + <a, x>``).
 

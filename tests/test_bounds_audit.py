@@ -15,14 +15,6 @@ from paperlib.config import ConfigError
 from paperlib.runs import RunStore, StaleRunError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_violation_rate_counts_bounds_above_the_best_attack_distance():
     bounds = pd.DataFrame({
         "image": [10, 11, 12, 13, 14, 15],

@@ -15,14 +15,6 @@ from paperlib.models import build_model
 from paperlib.runs import Run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def model_run(tmp_path, monkeypatch):
     """A model run directory whose 'trained model' is a seeded linear model on synthetic Fashion-MNIST."""

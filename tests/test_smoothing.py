@@ -22,14 +22,6 @@ from paperlib.config import ConfigError
 from paperlib.runs import RunStore, StaleRunError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class LinearBinary(nn.Module):
     """logits = [0, w.x + b]: class 1 iff w.x + b > 0. Under N(0, sigma^2 I) noise, P(class of x) = Phi(d/sigma)
     with d = |w.x + b| / ||w||_2 the distance to the decision boundary, so the smoothed classifier's certified

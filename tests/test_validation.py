@@ -42,14 +42,6 @@ NO_GPU = not torch.cuda.is_available()
 FEW_GPUS = torch.cuda.device_count() < 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _one_line_error(capsys, *needles: str) -> str:
     """The command's stderr: one line ``paperlib: error: ...`` holding every needle, no traceback."""
     err = capsys.readouterr().err.strip()
