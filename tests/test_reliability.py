@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
+from paperlib.config import ConfigError
 from paperlib.runs import (FINISHED, Run, RunCorruptError, RunLockedError, RunStore, StaleRunError,
                            load_or_run)
 from paperlib.training import TrainConfig, TrainingDivergedError, load_trained, run_name, train
@@ -53,10 +54,12 @@ def test_a_model_that_blew_up_is_diverged_not_finished(tmp_path, kw):
 
 
 def test_a_batch_larger_than_the_subset_is_refused_before_training(tmp_path):
-    cfg = small(batch_size=256)  # 128 training images, drop_last: no optimizer step at all
-    with pytest.raises(Exception, match=r"batch_size=256 is larger than the 128 training images"):
-        train(cfg, RunStore(tmp_path), progress=False)
-    assert RunStore(tmp_path).run(cfg.profile, run_name(cfg), cfg).status != "finished"
+    # 128 training images, drop_last: no optimizer step at all. Refused by the config, before any run exists.
+    with pytest.raises(ConfigError, match=r"batch_size=256 is larger than the 128 training images"):
+        small(batch_size=256)
+    with pytest.raises(ConfigError, match=r"batch_size=70000 is larger than the 60000 training images"):
+        TrainConfig.from_profile("fmnist", batch_size=70000)
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path):

@@ -197,7 +197,7 @@ class TrainConfig:
         return cls(**base)
 
     def __post_init__(self) -> None:
-        from paperlib.data import DATASETS
+        from paperlib.data import DATASETS, dataset_info
         from paperlib.models import model_names
 
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
@@ -225,6 +225,11 @@ class TrainConfig:
         for name, split in (("train_subset", "train"), ("test_subset", "test")):
             if getattr(self, name) is not None:
                 check_split_count(name, getattr(self, name), self.dataset, split)
+        n_train = self.train_subset if self.train_subset is not None else dataset_info(self.dataset).train_size
+        if n_train is not None and self.batch_size > n_train:
+            raise ConfigError(f"batch_size={self.batch_size} is larger than the {n_train} training images, so an "
+                              "epoch (which drops the last incomplete batch) takes no optimizer step; lower "
+                              "--batch-size or raise --train-subset")
         _check_int("num_workers", self.num_workers, 0)
         _check_int("seed", self.seed, 0)
         for name in ("augment", "amp"):
