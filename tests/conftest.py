@@ -41,3 +41,20 @@ requires_fmnist = pytest.mark.skipif(
     not fashion_mnist_available(),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist, or set PAPERLIB_FMNIST_DIR)",
 )
+
+
+@pytest.fixture(scope="module")
+def committed_undefended():
+    """The committed undefended Fashion-MNIST model (``runs/fmnist/undefended``) in eval mode and the grid's 60
+    attacked test images ``(model, x, y, idx)``; skipped where real Fashion-MNIST is not installed."""
+    from paperlib.data import DataNotFoundError, load_dataset, sample_images
+    from paperlib.training import load_trained
+
+    try:
+        test_set = load_dataset("fashion-mnist", "test")
+    except DataNotFoundError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"real Fashion-MNIST not found ({exc})")
+    model, _ = load_trained(REPO / "runs" / "fmnist" / "undefended")
+    model.eval()
+    x, y, idx = sample_images(test_set, 60, seed=0)
+    return model, x, y, idx

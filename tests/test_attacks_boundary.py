@@ -29,22 +29,8 @@ FAST = dict(sph_window=10, step_window=10, update_stats_every_k=5)
 
 
 @pytest.fixture(scope="module")
-def committed():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    from paperlib.data import DataNotFoundError, load_dataset, sample_images
-    from paperlib.training import load_trained
-
-    try:
-        test_set = load_dataset("fashion-mnist", "test")
-    except DataNotFoundError as exc:  # pragma: no cover - depends on the machine
-        torch.set_num_threads(threads)
-        pytest.skip(f"real Fashion-MNIST not found ({exc})")
-    model, _ = load_trained(COMMITTED)
-    model.eval()
-    x, y, idx = sample_images(test_set, 60, seed=0)
-    yield model, x, y, idx
-    torch.set_num_threads(threads)
+def committed(committed_undefended):
+    return committed_undefended
 
 
 def test_defaults_reproduce_the_committed_boundary_distances(committed):

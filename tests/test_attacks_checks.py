@@ -31,22 +31,8 @@ BOUNDARY_FAST = dict(boundary_sph_window=10, boundary_step_window=10, boundary_u
 
 
 @pytest.fixture(scope="module")
-def committed():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    from paperlib.data import DataNotFoundError, load_dataset, sample_images
-    from paperlib.training import load_trained
-
-    try:
-        test_set = load_dataset("fashion-mnist", "test")
-    except DataNotFoundError as exc:  # pragma: no cover - depends on the machine
-        torch.set_num_threads(threads)
-        pytest.skip(f"real Fashion-MNIST not found ({exc})")
-    model, _ = load_trained(COMMITTED)
-    model.eval()
-    x, y, idx = sample_images(test_set, 60, seed=0)
-    yield model, x, y, idx
-    torch.set_num_threads(threads)
+def committed(committed_undefended):
+    return committed_undefended
 
 
 # --------------------------------------------------------------------------------------------------
