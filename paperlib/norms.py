@@ -5,7 +5,7 @@ bounds use its dual ``||.||_*`` (l2 -> l2, linf -> l1, l1 -> linf), for which Ho
 ``<g, v> <= ||v|| ||g||_*`` is tight. Everything an algorithm needs from a norm lives on its :class:`Norm`:
 
 * :meth:`Norm.norm` (per sample, in the input's dtype) and :meth:`Norm.distance` (per sample, float64);
-* :attr:`Norm.dual_name` and :meth:`Norm.dual_norm`: the dual norm and its value;
+* ``Norm.dual_name``, :attr:`Norm.dual` and :meth:`Norm.dual_norm`: the dual norm, its name and its value;
 * :meth:`Norm.project`: the closest point of the ball of radius ``eps`` (Euclidean projection);
 * :meth:`Norm.direction` and :meth:`Norm.step`: the steepest-ascent direction ``argmax_{||v|| <= 1} <g, v>``
   (``g/||g||_2``, ``sign g``, or the largest coordinate of ``g`` for l1) and a step of a given length along it;
