@@ -22,7 +22,9 @@ round exactly as they always did); a per-sample tensor is cast to the input's dt
 Which formula each operation uses is fixed by the committed results: the attacks' l2 step is
 ``g * (s / ||g||)`` and their ball sample ``g/||g|| * (eps U^(1/N))``; the bounds' ball sample is computed in
 float64 as ``(g/||g|| U^(1/N)) eps``. Changing either order would change stored numbers in the last bit, so both
-are kept, and ``tests/test_norms.py`` checks that every output is bit-identical to the code before this module.
+are kept. ``tests/test_norms.py`` checks that every output of the code that moved here is bit-identical to what
+it was before, except l2 adversarial training (no committed run), which now takes the attacks' l2 step and random
+start and so rounds as they do.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ __all__ = [
 NORMS = ("l1", "l2", "linf")
 #: The norms the paper's attacks and bounds measure perturbations in.
 ATTACK_NORMS = ("l2", "linf")
-
 
 
 def norm_name(norm: str) -> str:
