@@ -23,7 +23,6 @@ DUAL = {"l1": "linf", "l2": "l2", "linf": "l1"}
 #:   numbers up to the order of two multiplications (last-bit rounding). No committed run trains in l2 (the paper's
 #:   adversarial training is linf only), and linf training is bit-identical.
 #: - ``Norm.distance`` is float64 for every input; before, a float32 input gave a float32 distance.
-ROUNDING_ONLY = ("train/pgd-at-l2/", "train/free-at-l2/", "pgd_perturbation/l2/")
 NOW_FLOAT64 = ("attack_norm/l2/float32/distance", "attack_norm/linf/float32/distance")
 
 
@@ -42,24 +41,37 @@ def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def test_moving_the_norm_code_into_one_module_changed_no_number():
     """Training steps of every method, PGD-AT perturbations, ball samples, penalty and dual-norm values, ascent
-    residuals, the attacks' norm operations and the margin losses, as recorded before the move (fc71b79)."""
+    residuals, the attacks' norm operations and the margin losses, as recorded before the move (fc71b79).
+
+    On the machine that recorded them every output was bit-identical after the move except the two kinds listed
+    above. Float32 kernels differ between CPUs in the last bits, so the lasting check compares with a tolerance
+    far below any real change (a wrong step order or scale moves these numbers by 1e-3 or more) instead of
+    bit for bit: rtol 1e-5 in float32, 1e-12 in float64.
+    """
     before = torch.load(REFERENCE, weights_only=False)
     after = reference_outputs()
     assert set(after) == set(before)
-    changed = []
+    bad = []
     for key, old in before.items():
         new = after[key]
         if not isinstance(old, torch.Tensor):
-            assert new == old, key
-        elif key.startswith(ROUNDING_ONLY):
-            assert new.dtype == old.dtype and torch.allclose(new, old, rtol=1e-5, atol=1e-6), key
-            changed.append(key)
-        elif key in NOW_FLOAT64:
-            assert new.dtype == torch.float64 and old.dtype == torch.float32
-            assert torch.allclose(new, old.double(), rtol=1e-6, atol=0), key
-        elif not (new.dtype == old.dtype and torch.equal(new, old)):
-            changed.append(f"UNEXPECTED {key}")
-    assert not [c for c in changed if c.startswith("UNEXPECTED")], changed
+            if new != old:
+                bad.append(key)
+            continue
+        if key in NOW_FLOAT64:
+            ok = new.dtype == torch.float64 and old.dtype == torch.float32
+            old = old.double()
+            rtol, atol = 1e-6, 0.0
+        else:
+            ok = new.dtype == old.dtype
+            rtol, atol = (1e-12, 1e-15) if old.dtype == torch.float64 else (1e-5, 1e-6)
+        if not old.is_floating_point():
+            ok = ok and torch.equal(new, old)
+        elif not (ok and torch.allclose(new, old, rtol=rtol, atol=atol)):
+            ok = False
+        if not ok:
+            bad.append(key)
+    assert not bad, bad
     assert len(before) > 300  # the record covers every path listed in tests/norms_reference.py
 
 
