@@ -13,9 +13,9 @@ results from ``runs/<profile>/`` instead of recomputing them; any other paramete
   :func:`finished_attacks`, :func:`run_bound_stage`, :func:`run_certify_stage`;
 * tables: :func:`config_table`, :func:`attack_table`, :func:`checks_table`, :func:`bounds_table`,
   :func:`bound_attack_pairs`, :func:`smoothing_table`;
-* curves and figures: :func:`error_curves`, :func:`certified_error_curve`, :func:`bound_error_curves`,
-  :func:`plot_training_log`, :func:`plot_error_curves`, :func:`plot_certified_error`,
-  :func:`plot_bound_vs_attack`, :func:`plot_smoothing`.
+* curves and figures: :func:`~paperlib.metrics.error_curves` (the metric, re-exported here),
+  :func:`certified_error_curve`, :func:`bound_error_curves`, :func:`plot_training_log`,
+  :func:`plot_error_curves`, :func:`plot_certified_error`, :func:`plot_bound_vs_attack`, :func:`plot_smoothing`.
 
 Every number shown comes from the run's files (CSV/JSON), so a computed run and a loaded one print the same.
 """
@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from paperlib.config import check_choice, check_int, check_linf_eps, check_number
+from paperlib.metrics import error_curves
 
 __all__ = [
     "PAPER_LINF_EPS",
@@ -345,30 +346,6 @@ def checks_table(checks: Sequence) -> pd.DataFrame:
                          "message": [c[2] for c in checks]}).set_index("check")
 
 
-def _best(best: pd.DataFrame, norm: str) -> np.ndarray:
-    return best.loc[best["norm"] == norm, "best"].to_numpy(dtype=float)
-
-
-def error_curves(best: pd.DataFrame, n_points: int = 201, eps_max: Mapping[str, float] | None = None
-                 ) -> dict[str, pd.DataFrame]:
-    """Empirical % error vs eps per norm (:func:`~paperlib.attacks.suite.error_curve` of ``best.csv``) on an
-    even grid from 0 to ``eps_max[norm]`` (default: 1.1 x the largest finite best distance, at least the
-    paper's 8/255 in linf). Returns ``{norm: DataFrame(eps, error_pct)}``."""
-    from paperlib.attacks.suite import error_curve
-
-    out = {}
-    for norm in [n for n in ("l2", "linf") if n in set(best["norm"])]:
-        d = _best(best, norm)
-        top = (eps_max or {}).get(norm)
-        if top is None:
-            finite = d[np.isfinite(d)]
-            top = 1.1 * float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-            if norm == "linf":
-                top = max(top, 1.25 * PAPER_LINF_EPS[-1])
-        out[norm] = error_curve(d, np.linspace(0.0, top, n_points))
-    return out
-
-
 # --------------------------------------------------------------------------------------------------
 # Bounds and certificates
 # --------------------------------------------------------------------------------------------------
@@ -467,8 +444,8 @@ def plot_training_log(log: pd.DataFrame, title: str):
 
 def plot_error_curves(curves: Mapping[str, pd.DataFrame], title: str, *, bounds: Mapping[str, Mapping[str,
                       pd.DataFrame]] | None = None):
-    """Empirical % error vs perturbation size, one panel per norm (``curves`` from :func:`error_curves`);
-    the paper's linf radii 2/255 and 8/255 are marked. ``bounds`` (optional): ``{norm: {label: curve}}``
+    """Empirical % error vs perturbation size, one panel per norm (``curves`` from
+    :func:`~paperlib.metrics.error_curves`); the paper's linf radii 2/255 and 8/255 are marked. ``bounds`` (optional): ``{norm: {label: curve}}``
     certified-error curves (``DataFrame(radius, error_pct)``) drawn in the same panels."""
     import matplotlib.pyplot as plt
 
