@@ -42,10 +42,10 @@ __all__ = ["BEST_COLUMNS", "TIE_RTOL", "best_distances", "best_values", "empiric
            "error_curves", "wilson_interval", "bootstrap_interval", "paired_difference_interval", "verdict",
            "VERDICTS"]
 
-#: The three verdicts of :func:`verdict`.
+#: The three verdicts of :func:`~paperlib.metrics.verdict`.
 VERDICTS = ("holds", "does not hold", "not resolved")
 
-#: The columns of ``best.csv`` (:func:`best_distances`).
+#: The columns of ``best.csv`` (:func:`~paperlib.metrics.best_distances`).
 BEST_COLUMNS = ["image", "label", "norm", "best", "best_attack"]
 
 #: Relative tolerance of a tie between a best distance and eps. The run store writes tables with 10 significant
@@ -53,7 +53,8 @@ BEST_COLUMNS = ["image", "label", "norm", "best", "best_attack"]
 #: larger (at 32/255: 2e-11); 1e-9 covers that and is far below what a float32 attack resolves (6e-8).
 TIE_RTOL = 1e-9
 
-#: The linf radius the default linf curve of :func:`error_curves` reaches at least: the paper's 8/255, with room.
+#: The linf radius the default linf curve of :func:`~paperlib.metrics.error_curves` reaches at least: the
+#: paper's 8/255, with room.
 _LINF_CURVE_MIN = 1.25 * 8 / 255
 
 Best = Union[pd.DataFrame, pd.Series, np.ndarray, Tensor]
@@ -72,9 +73,9 @@ def best_distances(attacks: pd.DataFrame, norms: Sequence[str] = ("l2", "linf"))
         norms: the norms to report.
 
     Returns:
-        The ``best.csv`` table (:data:`BEST_COLUMNS`): image, label, norm, best (0 for clean-misclassified,
-        ``inf`` when no attack succeeded), best_attack (``'<attack>-<norm>'``, ``'clean'`` or ``'none'``), sorted
-        by norm, image.
+        The ``best.csv`` table (:data:`~paperlib.metrics.BEST_COLUMNS`): image, label, norm, best (0 for
+        clean-misclassified, ``inf`` when no attack succeeded), best_attack (``'<attack>-<norm>'``, ``'clean'``
+        or ``'none'``), sorted by norm, image.
     """
     out = []
     if len(attacks) == 0:
@@ -125,12 +126,14 @@ def best_values(best: Best, norm: Optional[str] = None) -> np.ndarray:
 
 
 def _broken_at(values: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    """``values <= eps`` with ties up to :data:`TIE_RTOL` counted (the one comparison of every error here)."""
+    """``values <= eps``, ties up to :data:`~paperlib.metrics.TIE_RTOL` counted: the one comparison of every
+    error here."""
     return values <= eps * (1.0 + TIE_RTOL)
 
 
 def empirical_error(best: Best, eps: float, norm: Optional[str] = None) -> float:
-    """Empirical % error at ``eps``: ``100 * #{best distance <= eps} / #images`` (a tie counts, :data:`TIE_RTOL`).
+    """Empirical % error at ``eps``: ``100 * #{best distance <= eps} / #images`` (a tie counts,
+    :data:`~paperlib.metrics.TIE_RTOL`).
 
     ``best`` is the ``best.csv`` table (pass ``norm`` when it holds both norms) or an array of best distances.
     """
@@ -141,7 +144,7 @@ def empirical_error(best: Best, eps: float, norm: Optional[str] = None) -> float
 
 def error_curve(best: Best, eps_grid: Sequence[float], norm: Optional[str] = None) -> pd.DataFrame:
     """The error-vs-eps curve: a table with columns ``eps`` and ``error_pct`` (one row per grid point), each
-    point :func:`empirical_error` at that eps."""
+    point :func:`~paperlib.metrics.empirical_error` at that eps."""
     values = best_values(best, norm)
     grid = np.asarray(list(eps_grid), dtype=np.float64)
     if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
@@ -152,9 +155,9 @@ def error_curve(best: Best, eps_grid: Sequence[float], norm: Optional[str] = Non
 
 def error_curves(best: pd.DataFrame, n_points: int = 201, eps_max: Optional[Mapping[str, float]] = None
                  ) -> dict[str, pd.DataFrame]:
-    """:func:`error_curve` per norm of a ``best.csv`` table, on an even grid of ``n_points`` from 0 to
-    ``eps_max[norm]`` (default: 1.1 x the largest finite best distance, and in linf at least 1.25 x the paper's
-    8/255). Returns ``{norm: DataFrame(eps, error_pct)}`` for the norms the table holds (l2 first)."""
+    """:func:`~paperlib.metrics.error_curve` per norm of a ``best.csv`` table, on an even grid of ``n_points``
+    from 0 to ``eps_max[norm]`` (default: 1.1 x the largest finite best distance, and in linf at least 1.25 x the
+    paper's 8/255). Returns ``{norm: DataFrame(eps, error_pct)}`` for the norms the table holds (l2 first)."""
     n_points = check_int("n_points", n_points, 2)
     out = {}
     for norm in [n for n in ("l2", "linf") if n in set(best["norm"])]:

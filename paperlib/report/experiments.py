@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from paperlib.config import check_choice, check_int, check_linf_eps, check_number
-from paperlib.metrics import error_curves
+from paperlib.metrics import error_curves  # the notebooks call it as ex.error_curves (documented in metrics)
 
 __all__ = [
     "PAPER_LINF_EPS",
@@ -50,7 +50,6 @@ __all__ = [
     "config_table",
     "attack_table",
     "checks_table",
-    "error_curves",
     "bounds_table",
     "certified_error_curve",
     "bound_error_curves",
@@ -445,8 +444,9 @@ def plot_training_log(log: pd.DataFrame, title: str):
 def plot_error_curves(curves: Mapping[str, pd.DataFrame], title: str, *, bounds: Mapping[str, Mapping[str,
                       pd.DataFrame]] | None = None):
     """Empirical % error vs perturbation size, one panel per norm (``curves`` from
-    :func:`~paperlib.metrics.error_curves`); the paper's linf radii 2/255 and 8/255 are marked. ``bounds`` (optional): ``{norm: {label: curve}}``
-    certified-error curves (``DataFrame(radius, error_pct)``) drawn in the same panels."""
+    :func:`~paperlib.metrics.error_curves`); the paper's linf radii 2/255 and 8/255 are marked. ``bounds``
+    (optional): ``{norm: {label: curve}}`` certified-error curves (``DataFrame(radius, error_pct)``) drawn in the
+    same panels."""
     import matplotlib.pyplot as plt
 
     norms = [n for n in ("l2", "linf") if n in curves or (bounds and n in bounds)]

@@ -20,9 +20,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from paperlib.theory import fd_relative_errors, quadratic_cost_terms, quick_train, smooth_mlp, step_costs
+from paperlib.theory import fd_relative_errors, quadratic_cost_terms, step_costs
+from paperlib.theory import quick_train, smooth_mlp  # for the chapters (theory.quick_train); documented there
 
-__all__ = ["fd_error_vs_h", "quadratic_cost_check", "penalty_step_cost", "quick_train", "smooth_mlp"]
+__all__ = ["fd_error_vs_h", "quadratic_cost_check", "penalty_step_cost"]
 
 
 def fd_error_vs_h(model: nn.Module, x: torch.Tensor, y: torch.Tensor, hs: Sequence[float],
