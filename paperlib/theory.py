@@ -17,7 +17,10 @@ The book's theory chapters show them as tables through :mod:`paperlib.report.the
 
 from __future__ import annotations
 
+import copy
 import math
+import statistics
+import time
 from typing import Sequence
 
 import torch
@@ -25,6 +28,7 @@ from torch import nn
 
 from paperlib.config import check_positive
 from paperlib.losses import cross_entropy
+from paperlib.regularizers import GradientPenalty
 
 __all__ = ["smooth_mlp", "fd_relative_errors", "hessian_norm", "quadratic_cost_terms", "saved_tensor_bytes",
            "step_costs", "quick_train"]
@@ -82,8 +86,6 @@ def fd_relative_errors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, hs: S
 
 
 def _copy_as(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).to(dtype).eval()
 
 
@@ -186,11 +188,6 @@ def step_costs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str 
         ``{'standard' | 'FD' | 'DBP': {'seconds': median wall seconds of ``repeats`` steps (after one warm-up),
         'graph_bytes': bytes autograd saves for backward (:func:`saved_tensor_bytes`)}}``.
     """
-    import statistics
-    import time
-
-    from paperlib.regularizers import GradientPenalty
-
     def standard():
         return cross_entropy(model(x), y).mean()
 

@@ -24,10 +24,18 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from paperlib.attacks.suite import load_suite
+from paperlib.bounds import load_bounds, load_certify
+from paperlib.bounds.audit import audit_bounds
+from paperlib.bounds.lipschitz import certified_error
 from paperlib.config import check_choice
 from paperlib.metrics import best_values, empirical_error, error_curve
 from paperlib.report import paper
-from paperlib.runs import finished_dir
+from paperlib.reproduce import SMOOTHING_MODELS, diverged_note, stage_seconds, stage_subrun
+from paperlib.reproduce import evaluation_configs as profile_evaluation_configs
+from paperlib.reproduce import grid as profile_grid
+from paperlib.runs import RunStore, default_runs_dir, finished_dir
+from paperlib.training import run_name
 
 __all__ = [
     "ModelResults", "load_grid", "diverged_models", "table1", "table2", "tableB3", "tableB4", "tableB5", "tableB6", "our_table",
@@ -81,17 +89,11 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> di
 
     Models that are not trained yet are left out; stages that have not run are None. Nothing is computed.
     """
-    from paperlib.attacks.suite import load_suite
-    from paperlib.bounds import load_bounds, load_certify
-    from paperlib.reproduce import SMOOTHING_MODELS, evaluation_configs, grid, stage_seconds, stage_subrun
-    from paperlib.runs import RunStore, default_runs_dir
-    from paperlib.training import run_name
-
     store = RunStore(runs_dir if runs_dir is not None else default_runs_dir())
-    evals = evaluation_configs(profile)
+    evals = profile_evaluation_configs(profile)
     seconds = stage_seconds(store.root / profile)
     out: dict[str, ModelResults] = {}
-    for key, cfg in grid(profile).items():
+    for key, cfg in profile_grid(profile).items():
         run = store.run(cfg.profile, run_name(cfg), cfg)
         if not run.is_finished():
             continue
@@ -114,13 +116,9 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> di
 
 def diverged_models(profile: str = "fmnist", runs_dir: str | Path | None = None) -> dict[str, str]:
     """Grid models whose training diverged (non-finite loss), with the recorded message: ``{key: message}``."""
-    from paperlib.reproduce import diverged_note, grid
-    from paperlib.runs import RunStore, default_runs_dir
-    from paperlib.training import run_name
-
     store = RunStore(runs_dir if runs_dir is not None else default_runs_dir())
     out = {}
-    for key, cfg in grid(profile).items():
+    for key, cfg in profile_grid(profile).items():
         note = diverged_note(store.run(cfg.profile, run_name(cfg), cfg))
         if note is not None:
             out[key] = note
@@ -146,8 +144,6 @@ def _emp_err(m: ModelResults, norm: str, eps: float) -> float:
 
 def _bound_err(m: ModelResults, norm: str, radius: float, column: str = "omega_distance") -> float:
     """Certified % error at ``radius`` by a bound column of ``bounds.csv`` (misclassified = error)."""
-    from paperlib.bounds.lipschitz import certified_error
-
     b = m.bounds.get(norm)
     if b is None:
         return _NAN
@@ -239,8 +235,6 @@ def tableB4(grid: dict[str, ModelResults], eps255: Sequence[float] = LINF_EPS) -
 
 def tableB5(grid: dict[str, ModelResults]) -> pd.DataFrame:
     """Table B.5: randomized-smoothing certified % error at the paper's l2 radii."""
-    from paperlib.bounds.lipschitz import certified_error
-
     radii = paper.TABLEB5_RADII
     rows = {}
     for k, m in grid.items():
@@ -330,8 +324,6 @@ def check_messages(grid: dict[str, ModelResults], name: str) -> pd.Series:
 def bound_audit(grid: dict[str, ModelResults]) -> pd.DataFrame:
     """Per model and norm: % of attacked images where the L-bound or the omega-bound exceeds the best
     adversarial distance found (a violated lower bound; :func:`paperlib.bounds.audit.audit_bounds`)."""
-    from paperlib.bounds.audit import audit_bounds
-
     rows = []
     for k, m in grid.items():
         if m.suite is None:
