@@ -12,7 +12,7 @@ import paperlib.training
 from paperlib.cli import main
 from paperlib.data import load_dataset, sample_images
 from paperlib.models import build_model
-from paperlib.runs import Run
+from paperlib.runs import Run, finished_dir
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_bound_command_writes_the_bounds_sub_run_and_audits_a_finished_attack_ru
     out = capsys.readouterr().out
     assert "mean_omega_distance" in out and "no attack results" in out
     sub = model_run / "bounds-l2"
-    assert (sub / "FINISHED.json").exists()
+    assert finished_dir(sub)
     table = pd.read_csv(sub / "bounds.csv")
     _, y, idx = sample_images(load_dataset("synthetic-fashion-mnist", "test"), 12, 0)
     assert table["image"].tolist() == idx.tolist() and table["label"].tolist() == y.tolist()

@@ -42,14 +42,7 @@ EXEMPT = {"paperlib"}
 ALGORITHMS_MUST_NOT_IMPORT = ("pandas", "paperlib.runs")
 
 #: Today's violations, (importer, imported, rule). Remove an entry when its import goes.
-ALLOWED: set[tuple[str, str, str]] = {
-    # The checks need the suite's error curve: it belongs in a metrics module both import.
-    ("paperlib.attacks.checks", "paperlib.attacks.suite", "cycle"),
-    ("paperlib.attacks.checks", "paperlib.attacks.suite", "upward"),
-    ("paperlib.attacks.suite", "paperlib.attacks.checks", "cycle"),
-    # The theory chapters' tables are built in paperlib.theory: they belong in the report layer.
-    ("paperlib.theory", "pandas", "algorithm-imports"),
-}
+ALLOWED: set[tuple[str, str, str]] = set()
 
 
 def module_name(path: Path) -> str:

@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from paperlib.attacks.suite import empirical_error
-from paperlib.report import paper, results
+from paperlib.attacks.suite import SuiteResult, error_curve
+from paperlib.metrics import empirical_error
+from paperlib.report import experiments, paper, results
+from paperlib.runs import Run
 from tests.conftest import requires_fmnist
 
 KEYS = ["undefended", "fd-l2-lam1"]
@@ -79,7 +81,7 @@ def test_figure1_draws_a_curve_per_present_model(smoke_grid):
 
     matplotlib.use("Agg")
     grid, _ = smoke_grid
-    curves = results.error_curves(grid, "l2", results.FIGURE1_MODELS["l2"], np.linspace(0, 3, 7))
+    curves = results.model_error_curves(grid, "l2", results.FIGURE1_MODELS["l2"], np.linspace(0, 3, 7))
     assert list(curves.columns) == KEYS
     assert (np.diff(curves.to_numpy(), axis=0) >= 0).all()  # error grows with eps
     fig = results.figure1(grid)
@@ -111,5 +113,31 @@ def test_claims_costs_and_audits_read_the_grid(smoke_grid):
     audit = results.bound_audit(grid)
     assert set(audit.index.get_level_values("norm")) == {"l2", "linf"}
     assert ((audit["omega-bound violations %"] >= 0) & (audit["omega-bound violations %"] <= 100)).all()
-    checks = results.checks_table(grid)
+    checks = results.check_verdicts(grid)
     assert "attacks_converged" in checks.columns and checks.dtypes.eq(bool).all()
+
+
+def test_table1_and_the_error_curves_count_a_distance_tied_with_eps_the_same(tmp_path):
+    # One linf best distance exactly at each of Table 1's radii, written to best.csv and read back as the
+    # grid reads it (10 significant digits: each comes back a hair above its radius, 1e-13 to 2e-11).
+    radii = np.array(results.LINF_EPS) / 255
+    best = pd.DataFrame({"image": range(5), "label": 0, "norm": "linf", "best": [*radii, math.inf],
+                         "best_attack": "pgd-linf"})
+    run = Run(tmp_path / "attack", {"test": "ties"}).start()
+    run.write_table("best.csv", best)
+    stored = run.finish().read_table("best.csv")
+    model = results.ModelResults(key="undefended", path=tmp_path, run_id="t/undefended", config=None,
+                                 metrics={"clean_error_pct": 0.0}, log=pd.DataFrame(),
+                                 suite=SuiteResult(attacks=pd.DataFrame(), best=stored, checks=[]))
+    grid = {"undefended": model}
+    t1 = results.table1(grid)
+    for i, (e, r) in enumerate(zip(results.LINF_EPS, radii)):
+        cell = t1.loc["undefended", f"emp_err_{e:g}"]
+        assert cell == error_curve(stored, [r], "linf")["error_pct"].iloc[0], f"Table 1 and the curve differ at {e}/255"
+        assert cell == 20.0 * (i + 1)  # the tie counts: the adversarial lies in the closed eps-ball
+    # Figure 1's curves and the attack page's, on grids that hold the radii exactly
+    figure = results.model_error_curves(grid, "linf", ["undefended"], np.linspace(0, 48 / 255, 97))
+    page = experiments.error_curves(stored, n_points=97, eps_max={"linf": 48 / 255})["linf"].set_index("eps")
+    for e, r in zip(results.LINF_EPS, radii):
+        cell = t1.loc["undefended", f"emp_err_{e:g}"]
+        assert figure.loc[r, "undefended"] == cell and page.loc[r, "error_pct"] == cell

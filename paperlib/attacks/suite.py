@@ -2,11 +2,14 @@
 
 The paper attacks 1000 random test images with PGD (l2 and linf), Carlini-Wagner L2, the Boundary attack and
 LogBarrier (l2 and linf), and keeps, per image and norm, the smallest distance of a successful adversarial
-over all attacks (:func:`best_distances`). Clean-misclassified images have distance 0; an image that no attack
-broke has distance ``inf``. From those:
+over all attacks (:func:`~paperlib.metrics.best_distances`). Clean-misclassified images have distance 0; an
+image that no attack broke has distance ``inf``. From those:
 
-* empirical % error at eps = ``100 * #{best <= eps} / #images`` (:func:`empirical_error`; Table 1, Fig. 1);
-* the error-vs-eps curve (:func:`error_curve`); the mean best l2 distance (Table 2).
+* empirical % error at eps = ``100 * #{best <= eps} / #images`` (:func:`~paperlib.metrics.empirical_error`;
+  Table 1, Fig. 1);
+* the error-vs-eps curve (:func:`~paperlib.metrics.error_curve`); the mean best l2 distance (Table 2).
+
+These metrics live in :mod:`paperlib.metrics`; the suite re-exports them.
 
 :func:`run_attack_suite` writes, into a run of the run store (:mod:`paperlib.runs`):
 
@@ -28,7 +31,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -54,6 +57,7 @@ from paperlib.config import (
     config_to_dict,
     normalize_norm,
 )
+from paperlib.metrics import BEST_COLUMNS, best_distances, empirical_error, error_curve
 from paperlib.models import model_classes
 
 __all__ = [
@@ -76,11 +80,8 @@ __all__ = [
 ATTACKS = ("pgd", "cw", "boundary", "logbarrier")
 #: attacks that optimize the l2 distance only (their adversarials still count in linf)
 L2_ONLY = ("cw", "boundary")
-#: attacks that use gradients (the Boundary attack is the gradient-free reference)
-GRADIENT_ATTACKS = ("pgd", "cw", "logbarrier")
 
 ATTACK_COLUMNS = ["image", "label", "attack", "norm", "success", "dist_l2", "dist_linf"]
-BEST_COLUMNS = ["image", "label", "norm", "best", "best_attack"]
 
 
 @dataclass(frozen=True)
@@ -250,81 +251,6 @@ class AttackConfig:
 def attack_run_name(cfg: AttackConfig) -> str:
     """The sub-run name of an attack suite inside a training run: ``attack-<config hash>``."""
     return f"attack-{config_hash(cfg, 8)}"
-
-
-# --------------------------------------------------------------------------------------------------
-# Distances -> errors
-# --------------------------------------------------------------------------------------------------
-
-
-def best_distances(attacks: pd.DataFrame, norms: Sequence[str] = ("l2", "linf")) -> pd.DataFrame:
-    """Per image and norm, the best (smallest) distance of a successful adversarial over all rows.
-
-    Args:
-        attacks: the ``attacks.csv`` table (columns :data:`ATTACK_COLUMNS`).
-        norms: the norms to report.
-
-    Returns:
-        The ``best.csv`` table: image, label, norm, best (0 for clean-misclassified, ``inf`` when no attack
-        succeeded), best_attack (``'<attack>-<norm>'``, ``'clean'`` or ``'none'``), sorted by norm, image.
-    """
-    out = []
-    if len(attacks) == 0:
-        return pd.DataFrame(columns=BEST_COLUMNS)
-    names = attacks["attack"].astype(str) + "-" + attacks["norm"].astype(str)
-    for norm in norms:
-        norm = normalize_norm(norm)
-        d = attacks[f"dist_{norm}"].astype(float).where(attacks["success"].astype(bool), math.inf)
-        frame = pd.DataFrame({"image": attacks["image"].values, "label": attacks["label"].values,
-                              "d": d.values, "who": names.values})
-        frame = frame.sort_values(["image", "d"], kind="mergesort")
-        first = frame.groupby("image", sort=True).head(1)
-        best_attack = np.where(first["d"].values == 0, "clean",
-                               np.where(np.isinf(first["d"].values), "none", first["who"].values))
-        out.append(pd.DataFrame({"image": first["image"].values, "label": first["label"].values, "norm": norm,
-                                 "best": first["d"].values, "best_attack": best_attack}))
-    return pd.concat(out, ignore_index=True)[BEST_COLUMNS]
-
-
-def _best_values(best: Any, norm: Optional[str]) -> np.ndarray:
-    if isinstance(best, pd.DataFrame):
-        if "norm" in best.columns:
-            present = sorted(set(best["norm"]))
-            if norm is None:
-                if len(present) != 1:
-                    raise ConfigError(f"best holds norms {present}; pass norm='l2' or norm='linf'")
-                norm = present[0]
-            norm = normalize_norm(norm)
-            best = best[best["norm"] == norm]
-        best = best["best"]
-    if isinstance(best, Tensor):
-        best = best.detach().cpu().numpy()
-    values = np.asarray(best, dtype=np.float64).reshape(-1)
-    if values.size == 0:
-        raise ConfigError("no best distances to compute an error from")
-    return values
-
-
-def empirical_error(best: Union[pd.DataFrame, pd.Series, np.ndarray, Tensor], eps: float,
-                    norm: Optional[str] = None) -> float:
-    """Empirical % error at ``eps``: ``100 * #{best distance <= eps} / #images``.
-
-    ``best`` is the ``best.csv`` table (pass ``norm`` when it holds both norms) or an array of best distances.
-    """
-    check_nonnegative("eps", eps)
-    values = _best_values(best, norm)
-    return float(100.0 * np.mean(values <= eps))
-
-
-def error_curve(best: Union[pd.DataFrame, pd.Series, np.ndarray, Tensor], eps_grid: Sequence[float],
-                norm: Optional[str] = None) -> pd.DataFrame:
-    """The error-vs-eps curve: a table with columns ``eps`` and ``error_pct`` (one row per grid point)."""
-    values = _best_values(best, norm)
-    grid = np.asarray(list(eps_grid), dtype=np.float64)
-    if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
-        raise ConfigError("eps_grid must be a non-empty sequence of finite numbers >= 0")
-    err = 100.0 * (values[None, :] <= grid[:, None]).mean(axis=1)
-    return pd.DataFrame({"eps": grid, "error_pct": err})
 
 
 # --------------------------------------------------------------------------------------------------

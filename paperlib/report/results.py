@@ -24,13 +24,23 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from paperlib.attacks.suite import load_suite
+from paperlib.bounds import load_bounds, load_certify
+from paperlib.bounds.audit import audit_bounds
+from paperlib.bounds.lipschitz import certified_error
 from paperlib.config import check_choice
+from paperlib.metrics import best_values, empirical_error, error_curve
 from paperlib.report import paper
-from paperlib.runs import finished_dir
+from paperlib.reproduce import SMOOTHING_MODELS, diverged_note, stage_seconds, stage_subrun
+from paperlib.reproduce import evaluation_configs as profile_evaluation_configs
+from paperlib.reproduce import grid as profile_grid
+from paperlib.runs import RunStore, default_runs_dir, finished_dir
+from paperlib.training import run_name
 
 __all__ = [
     "ModelResults", "load_grid", "diverged_models", "table1", "table2", "tableB3", "tableB4", "tableB5", "tableB6", "our_table",
-    "side_by_side", "fmt", "run_ids", "checks_table", "check_messages", "bound_audit", "claims", "training_costs", "attack_costs", "stage_hours", "error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
+    "side_by_side", "fmt", "run_ids", "check_verdicts", "check_messages", "bound_audit", "claims", "training_costs",
+    "attack_costs", "stage_hours", "model_error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
 ]
 
 #: The linf radii reported, in units of 1/255. The paper's are 2 and 8; 16 and 32 are added for Fashion-MNIST,
@@ -79,17 +89,11 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> di
 
     Models that are not trained yet are left out; stages that have not run are None. Nothing is computed.
     """
-    from paperlib.attacks.suite import load_suite
-    from paperlib.bounds import load_bounds, load_certify
-    from paperlib.reproduce import SMOOTHING_MODELS, evaluation_configs, grid, stage_seconds, stage_subrun
-    from paperlib.runs import RunStore, default_runs_dir
-    from paperlib.training import run_name
-
     store = RunStore(runs_dir if runs_dir is not None else default_runs_dir())
-    evals = evaluation_configs(profile)
+    evals = profile_evaluation_configs(profile)
     seconds = stage_seconds(store.root / profile)
     out: dict[str, ModelResults] = {}
-    for key, cfg in grid(profile).items():
+    for key, cfg in profile_grid(profile).items():
         run = store.run(cfg.profile, run_name(cfg), cfg)
         if not run.is_finished():
             continue
@@ -112,13 +116,9 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> di
 
 def diverged_models(profile: str = "fmnist", runs_dir: str | Path | None = None) -> dict[str, str]:
     """Grid models whose training diverged (non-finite loss), with the recorded message: ``{key: message}``."""
-    from paperlib.reproduce import diverged_note, grid
-    from paperlib.runs import RunStore, default_runs_dir
-    from paperlib.training import run_name
-
     store = RunStore(runs_dir if runs_dir is not None else default_runs_dir())
     out = {}
-    for key, cfg in grid(profile).items():
+    for key, cfg in profile_grid(profile).items():
         note = diverged_note(store.run(cfg.profile, run_name(cfg), cfg))
         if note is not None:
             out[key] = note
@@ -132,22 +132,18 @@ def diverged_models(profile: str = "fmnist", runs_dir: str | Path | None = None)
 _NAN = float("nan")
 
 
-def _best(m: ModelResults, norm: str) -> np.ndarray | None:
-    if m.suite is None:
-        return None
-    b = m.suite.best
-    return b.loc[b["norm"] == norm, "best"].to_numpy(dtype=float)
+def _attacked(m: ModelResults, norm: str) -> bool:
+    """Whether the model's attack suite ran and has best distances in ``norm`` (else its cells are NaN)."""
+    return m.suite is not None and norm in set(m.suite.best["norm"])
 
 
 def _emp_err(m: ModelResults, norm: str, eps: float) -> float:
-    best = _best(m, norm)
-    return _NAN if best is None or best.size == 0 else float(100.0 * np.mean(best <= eps + 1e-12))
+    """The cell of :func:`~paperlib.metrics.empirical_error` at ``eps`` (NaN where the suite has not run)."""
+    return empirical_error(m.suite.best, eps, norm) if _attacked(m, norm) else _NAN
 
 
 def _bound_err(m: ModelResults, norm: str, radius: float, column: str = "omega_distance") -> float:
     """Certified % error at ``radius`` by a bound column of ``bounds.csv`` (misclassified = error)."""
-    from paperlib.bounds.lipschitz import certified_error
-
     b = m.bounds.get(norm)
     if b is None:
         return _NAN
@@ -199,12 +195,12 @@ def table2(grid: dict[str, ModelResults]) -> pd.DataFrame:
     rows = {}
     for k, m in grid.items():
         b = m.bounds.get("l2")
-        best = _best(m, "l2")
+        best = best_values(m.suite.best, "l2") if _attacked(m, "l2") else None
         rows[k] = {
             "clean_error": float(m.metrics["clean_error_pct"]),
             "mean_L_bound": float(b.table["l_bound"].mean()) if b is not None else _NAN,
             "mean_omega_bound": float(b.table["omega_distance"].mean()) if b is not None else _NAN,
-            "mean_empirical": float(np.mean(best[np.isfinite(best)])) if best is not None and best.size else _NAN,
+            "mean_empirical": float(np.mean(best[np.isfinite(best)])) if best is not None else _NAN,
             "train_hours": _train_hours(m),
         }
     return _frame(rows, _keys("2"), paper.TABLE2_COLUMNS)
@@ -239,8 +235,6 @@ def tableB4(grid: dict[str, ModelResults], eps255: Sequence[float] = LINF_EPS) -
 
 def tableB5(grid: dict[str, ModelResults]) -> pd.DataFrame:
     """Table B.5: randomized-smoothing certified % error at the paper's l2 radii."""
-    from paperlib.bounds.lipschitz import certified_error
-
     radii = paper.TABLEB5_RADII
     rows = {}
     for k, m in grid.items():
@@ -313,8 +307,10 @@ def run_ids(grid: dict[str, ModelResults], keys: Sequence[str] | None = None) ->
 # --------------------------------------------------------------------------------------------------
 
 
-def checks_table(grid: dict[str, ModelResults]) -> pd.DataFrame:
-    """Each model's attack-suite checks (:mod:`paperlib.attacks.checks`): True where the check passed."""
+def check_verdicts(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """Each model's attack-suite checks (:mod:`paperlib.attacks.checks`), one row per model and one column per
+    check: True where the check passed. One model's checks with their messages:
+    :func:`~paperlib.report.experiments.checks_table`."""
     rows = {k: {c[0]: bool(c[1]) for c in m.suite.checks} for k, m in grid.items() if m.suite is not None}
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -328,8 +324,6 @@ def check_messages(grid: dict[str, ModelResults], name: str) -> pd.Series:
 def bound_audit(grid: dict[str, ModelResults]) -> pd.DataFrame:
     """Per model and norm: % of attacked images where the L-bound or the omega-bound exceeds the best
     adversarial distance found (a violated lower bound; :func:`paperlib.bounds.audit.audit_bounds`)."""
-    from paperlib.bounds.audit import audit_bounds
-
     rows = []
     for k, m in grid.items():
         if m.suite is None:
@@ -450,7 +444,7 @@ def claims(grid: dict[str, ModelResults]) -> pd.DataFrame:
         viol = "\u2013"
     add("bound-violations", "(not in the paper) How often a bound exceeds an adversarial found",
         "% of attacked images where the bound > best attack distance", "not reported", viol)
-    chk = checks_table(grid)
+    chk = check_verdicts(grid)
     masking = (f"check passed for {int(chk['no_gradient_masking'].sum())} of {len(chk)} models"
                if "no_gradient_masking" in chk else "\u2013")
     add("no-masking", "No gradient masking: the gradient-free Boundary attack does not beat the gradient attacks",
@@ -517,15 +511,12 @@ def stage_hours(grid: dict[str, ModelResults]) -> pd.Series:
 # --------------------------------------------------------------------------------------------------
 
 
-def error_curves(grid: dict[str, ModelResults], norm: str, keys: Sequence[str], eps: Sequence[float]) -> pd.DataFrame:
-    """Empirical % error against eps for ``keys`` in ``norm``: one column per model, index eps."""
-    from paperlib.attacks.suite import error_curve
-
-    data = {}
-    for k in keys:
-        best = _best(grid[k], norm) if k in grid else None
-        if best is not None and best.size:
-            data[k] = error_curve(best, eps)["error_pct"].to_numpy()
+def model_error_curves(grid: dict[str, ModelResults], norm: str, keys: Sequence[str], eps: Sequence[float]
+                       ) -> pd.DataFrame:
+    """Empirical % error against eps (:func:`~paperlib.metrics.error_curve`) for the models ``keys`` in ``norm``
+    on one eps grid: one column per model (models not attacked yet left out), index eps."""
+    data = {k: error_curve(grid[k].suite.best, eps, norm)["error_pct"].to_numpy() for k in keys
+            if k in grid and _attacked(grid[k], norm)}
     return pd.DataFrame(data, index=pd.Index(np.asarray(eps, dtype=float), name="eps"))
 
 
@@ -538,7 +529,7 @@ def figure1(grid: dict[str, ModelResults], *, dataset: str = "Fashion-MNIST"):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     grids = {"linf": np.linspace(0, 48 / 255, 97), "l2": np.linspace(0, 3.0, 121)}
     for ax, norm in zip(axes, ("linf", "l2")):
-        curves = error_curves(grid, norm, FIGURE1_MODELS[norm], grids[norm])
+        curves = model_error_curves(grid, norm, FIGURE1_MODELS[norm], grids[norm])
         for i, k in enumerate(curves.columns):
             color = f"C{i}"
             x = curves.index.to_numpy() * (255 if norm == "linf" else 1)
