@@ -114,14 +114,14 @@ CERTIFY_SIGMAS = (0.25, 0.5, 1.0)
 #: :data:`CERTIFY_SIGMAS` (:func:`certify_grid_configs`), abstentions counted as errors. The profile's own
 #: ``certify`` budget above (n = 2000 on fmnist, whose committed runs keep their hashes) certifies no l2 radius
 #: above 0.68 at sigma 0.25; n = 10,000 reaches 0.80 / 1.60 / 3.20 at sigma 0.25 / 0.5 / 1.0 (alpha 0.001), so
-#: every radius of Table B.5 (up to 2.0) is within reach of some sigma.
-#: Batches of 250 noisy copies: on fmnist-cnn at one thread a forward pass costs about half as much per copy as
-#: at 1000 (activations that fit the cache).
+#: every radius of Table B.5 (up to 2.0) is within reach of some sigma. The other fields (n0, alpha, batch size,
+#: radii, seeds) are the profile's certify config's, so the grid is what the certify page computes with
+#: ``-y "{sigma: [0.25, 0.5, 1.0], n: 10000, n_images: 500}"``.
 _CERTIFY_GRID: dict[str, dict[str, Any]] = {
-    "smoke": dict(n0=20, n=200, batch_size=200),  # the smoke profile's own certify budget, at three sigmas
-    "fmnist": dict(n0=100, n=10_000, n_images=500, batch_size=250),
-    "cifar10": dict(n0=100, n=100_000, n_images=500),
-    "imagenet": dict(n0=100, n=100_000, n_images=500),
+    "smoke": dict(),  # the smoke profile's own certify budget, at three sigmas
+    "fmnist": dict(n=10_000, n_images=500),
+    "cifar10": dict(n=100_000, n_images=500),
+    "imagenet": dict(n=100_000, n_images=500),
 }
 
 #: A certify sub-run with at least this many noise samples is named ``certify-sigma<s>-n<n>``, so the
@@ -131,13 +131,12 @@ CERTIFY_NAME_N = 10_000
 
 def certify_grid_configs(profile: str) -> dict[float, Any]:
     """The certification grid of a profile: ``{sigma: CertifyConfig}`` for each sigma of :data:`CERTIFY_SIGMAS`,
-    with the profile's grid budget (n, n0, images, batch size; other fields at
-    :class:`~paperlib.bounds.smoothing.CertifyConfig`'s defaults)."""
-    from paperlib.bounds import CertifyConfig
+    the profile's certify config (:func:`evaluation_configs`) with the grid's ``n`` and ``n_images``."""
+    import dataclasses
 
     prof = get_profile(profile)
-    budget = {"n_images": prof.n_images, **_CERTIFY_GRID[prof.name]}
-    return {s: CertifyConfig(sigma=s, **budget) for s in CERTIFY_SIGMAS}
+    base = evaluation_configs(prof.name)["certify"]
+    return {s: dataclasses.replace(base, sigma=s, **_CERTIFY_GRID[prof.name]) for s in CERTIFY_SIGMAS}
 
 
 def evaluation_configs(profile: str) -> dict[str, Any]:

@@ -146,3 +146,14 @@ def test_bad_options_print_one_clear_error_line_and_exit_2(model_run, capsys, ar
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("paperlib: error:") and match in err and len(err.splitlines()) == 1
+
+
+def test_the_certify_page_with_the_grids_parameters_computes_the_grids_configs():
+    """``papermill book/certify.ipynb -y "{sigma: [0.25, 0.5, 1.0], n: 10000, n_images: 500}"`` and ``paperlib
+    certify <run> --grid`` write the same sub-runs (same configs, same hashes)."""
+    from paperlib.bounds.smoothing import certify_configs
+    from paperlib.report.experiments import evaluation_configs
+    from paperlib.reproduce import certify_grid_configs
+
+    page = certify_configs(evaluation_configs("fmnist", n_images=500)["certify"], sigma=[0.25, 0.5, 1.0], n=10_000)
+    assert page == list(certify_grid_configs("fmnist").values())

@@ -355,3 +355,18 @@ def test_abstentions_count_as_errors(linear):
     # abstentions are errors whatever the label, in the clean error and at every radius
     assert res.metrics["abstain_rate"] == 50.0 and res.metrics["smoothed_error"] == 50.0
     assert res.certified["smoothing_error"].tolist() == [50.0, 50.0]
+
+
+def test_certify_configs_replace_sigma_and_n_and_keep_the_base_at_its_values():
+    from paperlib.bounds.smoothing import certify_configs
+    from paperlib.config import config_hash
+
+    base = CertifyConfig(sigma=0.25, n=2000, n_images=60)
+    assert certify_configs(base) == [base] and certify_configs(base, sigma=0.25)[0] is base
+    three = certify_configs(base, sigma=[0.25, 0.5, 1.0], n=10_000)
+    assert [(c.sigma, c.n, c.n_images) for c in three] == [(0.25, 10_000, 60), (0.5, 10_000, 60), (1.0, 10_000, 60)]
+    assert config_hash(three[0]) != config_hash(base)
+    for bad, match in [(dict(sigma=[0.5, 0.5]), "repeats"), (dict(sigma=[]), "empty"), (dict(sigma=-1.0), "sigma=-1.0"),
+                       (dict(n=50), "n0=100 must not exceed n=50"), (dict(sigma="0.5"), "sigma='0.5'")]:
+        with pytest.raises(ConfigError, match=match):
+            certify_configs(base, **bad)

@@ -27,6 +27,7 @@ certified error at each radius (Cohen et al.'s envelope over noise levels).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ __all__ = [
     "max_certifiable_radius",
     "CertifyConfig",
     "CertifyResult",
+    "certify_configs",
     "certified_error_table",
     "smoothing_envelope",
     "image_generator",
@@ -277,6 +279,39 @@ class CertifyConfig:
         for r in radii:
             check_positive("radius", r)
         object.__setattr__(self, "radii", tuple(float(r) for r in radii))
+
+
+def certify_configs(base: CertifyConfig, sigma: float | Sequence[float] | None = None,
+                    n: int | None = None) -> list[CertifyConfig]:
+    """``base`` with its noise level(s) and noise samples replaced where given (validated).
+
+    Args:
+        base: the config whose other fields are kept.
+        sigma: one noise level, several (one config each, e.g. ``(0.25, 0.5, 1.0)`` for the envelope over
+            sigma; each once), or None for ``base.sigma``.
+        n: estimation samples per image, or None for ``base.n``.
+
+    Returns:
+        One :class:`CertifyConfig` per sigma, in the order given; unchanged values give ``base`` itself (same
+        hash, so a stored run loads).
+    """
+    if not isinstance(base, CertifyConfig):
+        raise ConfigError(f"base must be a CertifyConfig, got {type(base).__name__}")
+    if sigma is None:
+        sigmas: list[Any] = [base.sigma]
+    elif isinstance(sigma, (list, tuple)):
+        sigmas = list(sigma)
+        if not sigmas:
+            raise ConfigError("sigma=[] is empty; give a noise level, a list of them, or None for the profile's")
+    else:
+        sigmas = [sigma]
+    for s in sigmas:
+        check_positive("sigma", s)
+    if len(set(map(float, sigmas))) != len(sigmas):
+        raise ConfigError(f"sigma={sigma!r} repeats a noise level; give each once")
+    changes = {"n": n} if n is not None else {}
+    return [dataclasses.replace(base, sigma=float(s), **changes) if (float(s) != base.sigma or changes) else base
+            for s in sigmas]
 
 
 def image_generator(seed: int, image: int) -> torch.Generator:

@@ -307,14 +307,15 @@ def run_bound_stage(exp: Experiment, norms: Sequence[str] = ("l2", "linf"), *, p
     return out
 
 
-def run_certify_stage(exp: Experiment, *, progress: bool = False):
+def run_certify_stage(exp: Experiment, ccfg=None, *, progress: bool = False):
     """Randomized smoothing (sub-run ``certify-sigma<sigma>``), run or loaded
-    (:func:`paperlib.bounds.smoothing.run_certify`); returns ``(sub-run, CertifyResult as stored on disk)``."""
+    (:func:`paperlib.bounds.smoothing.run_certify`) with ``ccfg`` (default: ``exp.evals['certify']``); returns
+    ``(sub-run, CertifyResult as stored on disk)``."""
     from paperlib.bounds import load_certify, run_certify
     from paperlib.data import dataset_info
     from paperlib.reproduce import stage_subrun
 
-    ccfg = exp.evals["certify"]
+    ccfg = exp.evals["certify"] if ccfg is None else ccfg
     k = ccfg.n_images
     sub = stage_subrun(exp.run, ccfg)
     run_certify(exp.model, exp.x[:k], exp.y[:k], exp.idx[:k], ccfg, sub,
