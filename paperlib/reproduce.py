@@ -33,7 +33,8 @@ from typing import Any, Sequence
 
 from paperlib.config import ConfigError, check_choice, get_profile
 
-__all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "stage_subrun", "diverged_note", "DIVERGED", "add_parser", "STAGES", "SMOOTHING_MODELS", "RECIPE_FIELDS", "recipe_tag", "CERTIFY_SIGMAS", "certify_grid_configs"]
+__all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "stage_subrun", "diverged_note", "DIVERGED", "add_parser", "STAGES", "SMOOTHING_MODELS", "RECIPE_FIELDS", "recipe_tag",
+           "CERTIFY_SIGMAS", "CERTIFY_NAME_N", "certify_grid_configs"]
 
 STAGES = ("train", "attack", "bound", "certify")
 SMOOTHING_MODELS = ("undefended", "fd-l2-lam1")
@@ -111,11 +112,12 @@ _EVAL = {
 CERTIFY_SIGMAS = (0.25, 0.5, 1.0)
 
 #: Randomized smoothing as Cohen et al. run it, per profile: one CertifyConfig per sigma of
-#: :data:`CERTIFY_SIGMAS` (:func:`certify_grid_configs`), abstentions counted as errors. The profile's own
-#: ``certify`` budget above (n = 2000 on fmnist, whose committed runs keep their hashes) certifies no l2 radius
-#: above 0.68 at sigma 0.25; n = 10,000 reaches 0.80 / 1.60 / 3.20 at sigma 0.25 / 0.5 / 1.0 (alpha 0.001), so
-#: every radius of Table B.5 (up to 2.0) is within reach of some sigma. The other fields (n0, alpha, batch size,
-#: radii, seeds) are the profile's certify config's, so the grid is what the certify page computes with
+#: :data:`~paperlib.reproduce.CERTIFY_SIGMAS` (:func:`~paperlib.reproduce.certify_grid_configs`), abstentions
+#: counted as errors. The profile's own ``certify`` budget above (n = 2000 on fmnist, whose committed runs keep
+#: their hashes) certifies no l2 radius above 0.68 at sigma 0.25; n = 10,000 reaches 0.80 / 1.60 / 3.20 at
+#: sigma 0.25 / 0.5 / 1.0 (alpha 0.001), so every radius of Table B.5 (up to 2.0) is within reach of some sigma.
+#: The other fields (n0, alpha, batch size, radii, seeds) are the profile's certify config's, so the grid is what
+#: the certify page computes with
 #: ``-y "{sigma: [0.25, 0.5, 1.0], n: 10000, n_images: 500}"``.
 _CERTIFY_GRID: dict[str, dict[str, Any]] = {
     "smoke": dict(),  # the smoke profile's own certify budget, at three sigmas
@@ -130,8 +132,9 @@ CERTIFY_NAME_N = 10_000
 
 
 def certify_grid_configs(profile: str) -> dict[float, Any]:
-    """The certification grid of a profile: ``{sigma: CertifyConfig}`` for each sigma of :data:`CERTIFY_SIGMAS`,
-    the profile's certify config (:func:`evaluation_configs`) with the grid's ``n`` and ``n_images``."""
+    """The certification grid of a profile: ``{sigma: CertifyConfig}`` for each sigma of
+    :data:`~paperlib.reproduce.CERTIFY_SIGMAS`, the profile's certify config
+    (:func:`~paperlib.reproduce.evaluation_configs`) with the grid's ``n`` and ``n_images``."""
     import dataclasses
 
     prof = get_profile(profile)
@@ -300,8 +303,8 @@ def stage_subrun(run, cfg):
     (:class:`~paperlib.attacks.suite.AttackConfig`), ``bounds-<norm>``
     (:class:`~paperlib.bounds.lipschitz.BoundConfig`) or ``certify-sigma<sigma>``
     (:class:`~paperlib.bounds.smoothing.CertifyConfig`; ``certify-sigma<sigma>-n<n>`` when ``n`` is at least
-    :data:`CERTIFY_NAME_N`). The one place these names are made, so the grid, the command line, the table pages
-    and the experiment notebooks agree."""
+    :data:`~paperlib.reproduce.CERTIFY_NAME_N`). The one place these names are made, so the grid, the command
+    line, the table pages and the experiment notebooks agree."""
     from paperlib.attacks.suite import AttackConfig, attack_run_name
     from paperlib.bounds import BoundConfig, CertifyConfig
     from paperlib.runs import Run

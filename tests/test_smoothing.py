@@ -370,3 +370,21 @@ def test_certify_configs_replace_sigma_and_n_and_keep_the_base_at_its_values():
                        (dict(n=50), "n0=100 must not exceed n=50"), (dict(sigma="0.5"), "sigma='0.5'")]:
         with pytest.raises(ConfigError, match=match):
             certify_configs(base, **bad)
+
+
+def test_a_committed_run_from_before_the_flag_loads_with_the_radii_beyond_n_flagged():
+    """runs/fmnist/undefended/certify-sigma0.25 (n = 2000) stored 100% at the six radii above 0.6755; loaded, they
+    read 'beyond n' and the two certifiable radii keep their stored values."""
+    from paperlib.reproduce import evaluation_configs, stage_subrun
+    from tests.conftest import REPO
+
+    run = stage_subrun(REPO / "runs" / "fmnist" / "undefended", evaluation_configs("fmnist")["certify"])
+    stored = pd.read_csv(run.path / "certified_error.csv")
+    assert (stored["smoothing_error"].iloc[2:] == 100.0).all()  # the old table
+    result = load_certify(run)
+    assert result.config == evaluation_configs("fmnist")["certify"]
+    cert = result.certified
+    assert cert["radius"].tolist() == stored["radius"].tolist()
+    assert cert["beyond_n"].tolist() == [False, False] + [True] * 6
+    np.testing.assert_allclose(cert["smoothing_error"].iloc[:2], stored["smoothing_error"].iloc[:2], rtol=1e-9)
+    assert cert["smoothing_error"].iloc[2:].isna().all()

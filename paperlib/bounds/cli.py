@@ -87,7 +87,8 @@ def cmd_bound(args: argparse.Namespace) -> int:
     n = args.n_images if args.n_images is not None else (profile.n_images if profile is not None else 1000)
     image_seed = kw.get("image_seed", _defaults(BoundConfig)["image_seed"])
     x, y, idx = _images(dataset, n, image_seed, args.data_root, args.device)
-    batch = args.batch_size or (profile.eval_batch_size if profile is not None else _defaults(BoundConfig)["batch_size"])
+    batch = args.batch_size or (profile.eval_batch_size if profile is not None
+                                else _defaults(BoundConfig)["batch_size"])
     cfg = BoundConfig(n_images=int(x.shape[0]), batch_size=batch, **kw)
     run = stage_subrun(args.run, cfg)
     result = run_bounds(model, x, y, idx, cfg, run, force=args.force, progress=not args.no_progress)

@@ -16,13 +16,15 @@ then ``g`` is constant within radius ``sigma * Phi^-1(pA)`` of ``x``.
 
 Noise is drawn in batches of ``batch_size`` from an explicit ``torch.Generator``; :func:`run_certify` seeds one
 per image from ``(seed, image index)``, so an image's certificate does not depend on which other images are
-certified, nor on resuming, nor on ``batch_size`` (the noise stream is the same for every split into batches,
-see :meth:`Smooth._sample_noise`). "Certified error at radius r" counts abstentions and wrong answers as errors.
+certified, nor on resuming, nor on ``batch_size`` (the noise stream is the same for every split into batches:
+rows padded to a multiple of 16 values, see ``Smooth._sample_noise``). "Certified error at radius r" counts
+abstentions and wrong answers as errors.
 
-With ``n`` samples no radius above :func:`max_certifiable_radius` ``= sigma * Phi^-1(alpha^(1/n))`` can be
-certified, whatever the model: :func:`certified_error_table` reports such radii as NaN with ``beyond_n = True``
-instead of the 100% the count gives there, and :func:`smoothing_envelope` takes the minimum over sigma of the
-certified error at each radius (Cohen et al.'s envelope over noise levels).
+With ``n`` samples no radius above :func:`~paperlib.bounds.smoothing.max_certifiable_radius`
+``= sigma * Phi^-1(alpha^(1/n))`` can be certified, whatever the model:
+:func:`~paperlib.bounds.smoothing.certified_error_table` reports such radii as NaN with ``beyond_n = True``
+instead of the 100% the count gives there, and :func:`~paperlib.bounds.smoothing.smoothing_envelope` takes the
+minimum over sigma of the certified error at each radius (Cohen et al.'s envelope over noise levels).
 """
 
 from __future__ import annotations
@@ -292,8 +294,8 @@ def certify_configs(base: CertifyConfig, sigma: float | Sequence[float] | None =
         n: estimation samples per image, or None for ``base.n``.
 
     Returns:
-        One :class:`CertifyConfig` per sigma, in the order given; unchanged values give ``base`` itself (same
-        hash, so a stored run loads).
+        One :class:`~paperlib.bounds.smoothing.CertifyConfig` per sigma, in the order given; unchanged values
+        give ``base`` itself (same hash, so a stored run loads).
     """
     if not isinstance(base, CertifyConfig):
         raise ConfigError(f"base must be a CertifyConfig, got {type(base).__name__}")
@@ -326,10 +328,12 @@ class CertifyResult:
     Attributes:
         table: one row per image (``certify.csv``): image, label, prediction (-1 = abstain), correct, radius,
             pABar, nA, seconds.
-        certified: certified % error per radius (:func:`certified_error_table`; ``certified_error.csv``):
+        certified: certified % error per radius (:func:`~paperlib.bounds.smoothing.certified_error_table`;
+            ``certified_error.csv``):
             radius, smoothing_error (NaN beyond what ``n`` can certify), beyond_n.
         metrics: summary numbers (``metrics.json``).
-        config: the :class:`CertifyConfig` the certificates were computed with (None if unknown).
+        config: the :class:`~paperlib.bounds.smoothing.CertifyConfig` the certificates were computed with (None if
+            unknown).
     """
 
     table: pd.DataFrame
@@ -367,11 +371,13 @@ def smoothing_envelope(results: Sequence[CertifyResult]) -> pd.DataFrame:
     """Certified % error at each radius for each sigma, and its envelope: the minimum over sigma.
 
     Cohen et al. report, at each radius, the best noise level's certified error. A sigma whose ``n`` cannot
-    reach a radius (NaN, see :func:`certified_error_table`) has 100% error there by construction, so it never
-    lowers the minimum and is left out of it; a radius no sigma reaches is NaN with ``beyond_n = True``.
+    reach a radius (NaN, see :func:`~paperlib.bounds.smoothing.certified_error_table`) has 100% error there by
+    construction, so it never lowers the minimum and is left out of it; a radius no sigma reaches is NaN with
+    ``beyond_n = True``.
 
     Args:
-        results: one :class:`CertifyResult` per sigma (distinct sigmas), all on the same radii and images.
+        results: one :class:`~paperlib.bounds.smoothing.CertifyResult` per sigma (distinct sigmas), all on the
+            same radii and images.
 
     Returns:
         One row per radius: ``radius``; ``sigma=<s>`` for each sigma (ascending); ``envelope`` (the minimum
@@ -432,8 +438,8 @@ def load_certify(run: Any) -> CertifyResult:
     """Load a finished certification run (``certify.csv``, ``metrics.json``, its ``config.json``).
 
     The ``certified`` table is rebuilt from ``certify.csv`` and the stored config with
-    :func:`certified_error_table`, so runs written before the ``beyond_n`` flag existed (whose
-    ``certified_error.csv`` holds 100% beyond ``n``) read like new ones.
+    :func:`~paperlib.bounds.smoothing.certified_error_table`, so runs written before the ``beyond_n`` flag
+    existed (whose ``certified_error.csv`` holds 100% beyond ``n``) read like new ones.
     """
     if run.status != "finished":
         raise ConfigError(f"certification run {run.path} is {run.status}, not finished; run `paperlib certify` first")
