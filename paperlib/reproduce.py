@@ -16,7 +16,9 @@ The grid (Tables 1, 2, B.3, B.4 of the paper), keyed by the row keys of
 
 Then, for every model: the attack suite in l2 and linf on the profile's ``n_images`` seeded test images
 (:mod:`paperlib.attacks.suite`), the bounds in l2 and linf (:mod:`paperlib.bounds.lipschitz`), and randomized
-smoothing for ``undefended`` and ``fd-l2-lam1`` (:mod:`paperlib.bounds.smoothing`).
+smoothing for ``undefended`` and ``fd-l2-lam1`` (:mod:`paperlib.bounds.smoothing`). Smoothing as Cohen et al. run
+it (three sigmas, n >= 10,000 on 500 images: :func:`~paperlib.reproduce.certify_grid_configs`) is not a stage of
+the grid; ``paperlib certify <run> --grid`` runs it for one model.
 
 Every stage is a run of the run store, so the command is resumable: finished runs load at once, a partial run
 continues from its checkpoint. Wall time per stage is recorded in ``runs/<profile>/reproduce.json``. A model whose
