@@ -225,8 +225,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--sigma", type=float, nargs="+", default=None,
                    help=f"noise level(s) in [0,1] pixel units, e.g. --sigma 0.25 0.5 1.0 {dflt}")
     p.add_argument("--grid", action="store_true",
-                   help="the profile's certification grid (paperlib.reproduce.certify_grid_configs: sigmas, n, "
-                   "images, batch size); other options given here override it")
+                   help="the profile's certification grid (paperlib.reproduce.certify_grid_configs: sigma 0.25, 0.5, "
+                   "1.0; fmnist: n 10000 on 500 images); other options given here override it")
     p.add_argument("--n0", type=int, default=None, help=f"selection samples per image {dflt}")
     p.add_argument("--n-samples", type=int, default=None, help=f"estimation (noise) samples per image {dflt}")
     p.add_argument("--n", dest="old_n", default=None, help=argparse.SUPPRESS)  # renamed: a clear error, not a prefix
