@@ -113,7 +113,8 @@ def train_config(profile: str = "fmnist", method: str = "penalty", *, penalty: s
 
 def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalty: Any = "fd", norm: Any = "l2",
                      lam: Any = 1.0, h: Any = 0.01, eps: Any = None, m: Any = None, epochs: Any = None,
-                     n_images: Any = None, seed: Any = 0, runs_dir: Any = None) -> None:
+                     n_images: Any = None, sigma: Any = None, n: Any = None, seed: Any = 0,
+                     runs_dir: Any = None) -> None:
     """Check an experiment notebook's parameters (its ``parameters`` cell, papermill's ``-p``) before anything
     runs, with the rules of the command line: a :class:`~paperlib.config.ConfigError` naming the first bad value
     and what is allowed (in a notebook: its one-line message is the cell's error).
@@ -123,7 +124,9 @@ def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalt
     linf ``eps`` is at most 1, ``runs_dir`` is a directory that exists or can be created; then the model's
     config and the evaluation configs are built (:func:`train_config`, :func:`evaluation_configs`), which checks
     the options of ``method`` against the training config's own rules. Options of other methods are checked
-    for their type only (one parameter cell serves every method).
+    for their type only (one parameter cell serves every method). ``sigma`` (a noise level or a list of them)
+    and ``n`` (noise samples) are the certify page's, checked by
+    :func:`~paperlib.bounds.smoothing.certify_configs`.
     """
     prof = get_profile(profile)
     check_int("seed", seed, 0)
@@ -140,7 +143,11 @@ def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalt
     if runs_dir is not None:
         check_runs_dir(runs_dir)
     train_config(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs, seed=seed)
-    evaluation_configs(profile, n_images=n_images, seed=seed)
+    evals = evaluation_configs(profile, n_images=n_images, seed=seed)
+    if sigma is not None or n is not None:
+        from paperlib.bounds.smoothing import certify_configs
+
+        certify_configs(evals["certify"], sigma=sigma, n=n)
 
 
 def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int | None = None) -> dict[str, Any]:
@@ -293,10 +300,11 @@ def run_bound_stage(exp: Experiment, norms: Sequence[str] = ("l2", "linf"), *, p
     return out
 
 
-def run_certify_stage(exp: Experiment, *, progress: bool = False):
+def run_certify_stage(exp: Experiment, ccfg=None, *, progress: bool = False):
     """Randomized smoothing (sub-run ``certify-sigma<sigma>``), run or loaded
-    (:func:`paperlib.bounds.smoothing.run_certify`); returns ``(sub-run, CertifyResult as stored on disk)``."""
-    ccfg = exp.evals["certify"]
+    (:func:`paperlib.bounds.smoothing.run_certify`) with ``ccfg`` (default: ``exp.evals['certify']``); returns
+    ``(sub-run, CertifyResult as stored on disk)``."""
+    ccfg = exp.evals["certify"] if ccfg is None else ccfg
     k = ccfg.n_images
     sub = stage_subrun(exp.run, ccfg)
     run_certify(exp.model, exp.x[:k], exp.y[:k], exp.idx[:k], ccfg, sub,
