@@ -54,7 +54,7 @@ __all__ = [
     "side_by_side", "fmt", "run_ids", "check_verdicts", "check_messages", "bound_audit", "claims", "training_costs",
     "attack_costs", "stage_hours", "model_error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
     "table_cells", "display_table", "column_header", "format_interval", "comparisons", "closest_comparisons",
-    "verdict_table", "grid_names", "CELL_COLUMNS",
+    "verdict_table", "grid_names", "CELL_COLUMNS", "DATASET_NAMES",
 ]
 
 #: The linf radii reported, in units of 1/255. The paper's are 2 and 8; 16 and 32 are added for Fashion-MNIST,
@@ -561,13 +561,23 @@ def _pair(a: float, b: float, digits: int = 1, arrow: str = " vs ") -> str:
     return ("\u2013" if math.isnan(a) else f.format(a)) + arrow + ("\u2013" if math.isnan(b) else f.format(b))
 
 
+#: How a dataset id of :func:`paperlib.data.load_dataset` is written in a sentence (other ids as they are).
+DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "imagenet": "ImageNet-1k",
+                 "synthetic-fashion-mnist": "synthetic Fashion-MNIST", "synthetic-cifar10": "synthetic CIFAR-10",
+                 "synthetic-imagenet": "synthetic ImageNet"}
+
+
 def grid_names(grid: dict[str, ModelResults]) -> dict[str, Any]:
-    """The names a generated text may use for ``grid``: its ``profile``, ``dataset`` and ``model`` (from the
-    training configs) and ``n_images``, the number of attacked images (the smallest over the models)."""
+    """The names a generated text may use for ``grid``: its ``profile``, ``dataset`` (as written in a sentence,
+    :data:`~paperlib.report.results.DATASET_NAMES`) and ``model`` (from the training configs) and ``n_images``,
+    the number of attacked images (the smallest over the models)."""
     cfgs = [m.config for m in grid.values() if m.config is not None]
-    pick = (lambda a: ", ".join(sorted({str(getattr(c, a)) for c in cfgs})) or "?")
+
+    def pick(attr: str, names: dict[str, str] | None = None) -> str:
+        return ", ".join(sorted({(names or {}).get(str(getattr(c, attr)), str(getattr(c, attr))) for c in cfgs})) or "?"
+
     n = [int(m.suite.best["image"].nunique()) for m in grid.values() if m.suite is not None and len(m.suite.best)]
-    return {"profile": pick("profile"), "dataset": pick("dataset"), "model": pick("model"),
+    return {"profile": pick("profile"), "dataset": pick("dataset", DATASET_NAMES), "model": pick("model"),
             "n_images": min(n) if n else 0}
 
 
