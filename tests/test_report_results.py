@@ -53,8 +53,14 @@ def test_table_cells_follow_the_run_files(smoke_grid):
     assert t1.loc["pgd-at-2"].isna().all()  # not in this grid
     b5 = results.tableB5(grid)
     cert = grid["fd-l2-lam1"].certify.metrics
+    reach = cert["max_certifiable_radius"]
     for r in paper.TABLEB5_RADII:
-        assert b5.loc["fd-l2-lam1", f"r={r}"] == pytest.approx(cert[f"certified_error@{r:g}"])
+        if r <= reach:
+            assert b5.loc["fd-l2-lam1", f"r={r}"] == pytest.approx(cert[f"certified_error@{r:g}"])
+        else:  # 100% by the certificate's construction: shown as "beyond n", not as a result
+            assert np.isnan(b5.loc["fd-l2-lam1", f"r={r}"]) and cert[f"beyond_n@{r:g}"]
+            assert results.table_cells("B.5", grid).loc[("fd-l2-lam1", f"r={r}"), "interval"] == "beyond n"
+    assert any(r > reach for r in paper.TABLEB5_RADII) or reach == float("inf")
     b6 = results.tableB6(grid)
     bounds = grid["fd-l2-lam1"].bounds["l2"].metrics
     assert b6.loc["fd-l2-lam1", "r=0.5"] == pytest.approx(bounds["omega_bound_error@0.5"])

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from paperlib.attacks.suite import load_suite
-from paperlib.bounds import load_bounds, load_certify
+from paperlib.bounds import load_bounds, load_certify, max_certifiable_radius
 from paperlib.bounds.audit import audit_bounds
 from paperlib.bounds.lipschitz import certified_error
 from paperlib.config import check_choice
@@ -323,8 +323,20 @@ def _cells5(grid: dict[str, ModelResults]) -> dict[str, dict[str, dict]]:
             continue
         t = m.certify.table
         cor, rad = t["correct"].to_numpy(bool), t["radius"].to_numpy(float)
-        rows[k] = {f"r={r}": _pct_cell(~(cor & (rad >= r))) for r in paper.TABLEB5_RADII}
+        reach = _certifiable_radius(m.certify)
+        # A radius beyond what n noise samples can certify is an error by the certificate's construction for
+        # every image, not a measurement of the model: shown as "beyond n", never as 100%.
+        rows[k] = {f"r={r}": (_pct_cell(~(cor & (rad >= r))) if r <= reach else _cell(_NAN, interval="beyond n"))
+                   for r in paper.TABLEB5_RADII}
     return rows
+
+
+def _certifiable_radius(certify) -> float:
+    """The largest radius the certificates' ``n`` and ``alpha`` can certify (infinite if the config is unknown)."""
+    cfg = certify.config
+    if cfg is None:
+        return math.inf
+    return max_certifiable_radius(cfg.n, cfg.alpha, cfg.sigma)
 
 
 def _cells6(grid: dict[str, ModelResults]) -> dict[str, dict[str, dict]]:
