@@ -16,13 +16,13 @@ recomputed by :mod:`paperlib.attacks.base`, batch-invariant seeding):
 
 The defaults are AutoAttack's published 'standard' settings (100 iterations, one restart, 9 target classes,
 5000 queries, ``p_init = 0.8``), not torchattacks' ``AutoAttack`` class, which builds its sub-attacks with 10
-iterations. Two library behaviours are worked around here, each with a test in
+iterations. Three library behaviours are worked around here, each with a test in
 ``tests/test_attacks_reference.py``:
 
 * the libraries draw their random numbers from torch's global generator with the shape of the whole batch (and
   reseed it with one seed per call), so an image's result would depend on its batch. Each image is therefore
   attacked in its own call, under a seed drawn from :class:`~paperlib.attacks.base.ImageNoise` (a function of
-  the attack's seed and the image's key only), inside :func:`torch.random.fork_rng` so the caller's generator
+  the attack's seed and the image's key only), inside ``torch.random.fork_rng`` so the caller's generator
   is left as it was. This costs batching, not passes: the libraries' per-image arithmetic is unchanged;
 * foolbox 3.3.4's ``L2FMNAttack.project`` computes ``min(1, norms / norms)`` (always 1) on the norm of the
   iterate instead of its distance to the original, so the l2 iterate is never projected onto the eps-ball and
@@ -365,7 +365,7 @@ class SquareAttack(_FixedEpsLibraryAttack):
 
 
 def reference_attack(name: str, norm: str, *, steps: int = 100, n_queries: int = 5000, n_target_classes: int = 9):
-    """The reference attack ``name`` (one of :data:`REFERENCE_ATTACKS`) in ``norm`` with AutoAttack's settings
+    """The reference attack ``name`` (one of :data:`~paperlib.attacks.reference.REFERENCE_ATTACKS`) in ``norm`` with AutoAttack's settings
     (``steps`` iterations for FAB, FMN, DDN and APGD; ``n_queries`` for Square; ``n_target_classes`` for
     APGD-T)."""
     if name == "fab":

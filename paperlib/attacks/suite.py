@@ -620,7 +620,7 @@ def _reference_key(attack: str, norm: str, eps: Optional[float]) -> str:
 
 def _reference_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, *, run=None,
                        progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """Run :meth:`AttackConfig.reference_jobs` batch by batch (resumable under the checkpoint tag 'reference').
+    """Run :meth:`~paperlib.attacks.suite.AttackConfig.reference_jobs` batch by batch (resumable under the checkpoint tag 'reference').
 
     A fixed-eps attack runs on the images no earlier fixed-eps attack of the same norm and radius broke
     (AutoAttack's cascade), so an image has a row for each attack up to the first that broke it."""
@@ -684,7 +684,7 @@ def reference_cross_check(best: pd.DataFrame, reference: pd.DataFrame, norms: Se
 
     Args:
         best: the paper's suite ``best.csv`` (one row per image and norm).
-        reference: ``reference.csv`` (:data:`REFERENCE_COLUMNS`).
+        reference: ``reference.csv`` (:data:`~paperlib.attacks.suite.REFERENCE_COLUMNS`).
         norms: the norms to compare.
         eps: ``{norm: [radius, ...]}``: the fixed-eps radii to compare errors at (default: the radii in
             ``reference``).
