@@ -145,7 +145,9 @@ _MEASURE_JS = r"""
     });
     var truncated = [];
     article.querySelectorAll("td, th").forEach(function (c) {
-      var t = c.innerText.trim();
+      var prose = c.cloneNode(true);  // an ellipsis inside code is a placeholder of a command, not a cut
+      prose.querySelectorAll("code").forEach(function (k) { k.remove(); });
+      var t = prose.textContent.trim();
       if (/(\.\.\.|\u2026)$/.test(t)) truncated.push(t.slice(-80));
     });
     var out = document.createElement("pre");
