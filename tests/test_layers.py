@@ -32,9 +32,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
                    "paperlib.bounds.statistics", "paperlib.bounds.adversarial", "paperlib.theory"),
     "metrics": ("paperlib.attacks.checks", "paperlib.bounds.audit", "paperlib.metrics"),
     "stages": ("paperlib.training.engine", "paperlib.training", "paperlib.attacks.suite", "paperlib.attacks",
-               "paperlib.bounds.lipschitz", "paperlib.bounds.smoothing", "paperlib.bounds", "paperlib.stages"),
-    "grid, cli": ("paperlib.reproduce", "paperlib.cli", "paperlib.attacks.cli", "paperlib.bounds.cli",
-                  "paperlib.training.cli", "paperlib.__main__"),
+               "paperlib.bounds.lipschitz", "paperlib.bounds.smoothing", "paperlib.bounds", "paperlib.stages",
+               "paperlib.evaluation"),
+    "grid, cli": ("paperlib.reproduce", "paperlib.cli", "paperlib.options", "paperlib.attacks.cli",
+                  "paperlib.bounds.cli", "paperlib.training.cli", "paperlib.__main__"),
     "report": ("paperlib.report",),
 }
 #: The package root only re-exports lazily (``paperlib.GradientPenalty`` etc.): it belongs to no layer.
