@@ -1,22 +1,19 @@
-"""The evaluation configs of a profile: the attack suite's, the bounds' (l2 and linf) and certification's.
+"""The evaluation budgets of a profile, as data: the attack suite's, the bounds' (l2 and linf) and
+certification's, and the certification grid.
 
 The grid (:mod:`paperlib.reproduce`), the command line (``paperlib certify --grid``), the table pages and the
-experiment notebooks evaluate every model of a profile with these configs, so they find the same sub-runs
-(:func:`~paperlib.stages.stage_subrun`). The per-profile budgets are data (``_EVAL``, ``_CERTIFY_GRID``); the
-functions build the stages' config dataclasses from them.
+experiment notebooks evaluate every model of a profile with configs built from these keyword arguments
+(:func:`paperlib.reproduce.evaluation_configs`, :func:`paperlib.bounds.smoothing.certify_grid_configs`), so they
+find the same sub-runs (:func:`~paperlib.stages.stage_subrun`). A foundation: it imports only the profiles.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from paperlib.attacks.suite import AttackConfig
-from paperlib.bounds.lipschitz import BoundConfig
-from paperlib.bounds.smoothing import CertifyConfig
 from paperlib.config import get_profile
 
-__all__ = ["evaluation_configs", "certify_grid_configs", "CERTIFY_SIGMAS"]
+__all__ = ["evaluation_budgets", "certify_grid_budgets", "CERTIFY_SIGMAS"]
 
 # Evaluation budgets per profile. The literature's defaults (the attack and bound configs' own defaults) are
 # what the cifar10/imagenet profiles use on GPUs; the CPU profiles cut the iteration budgets, and the attack
@@ -46,7 +43,7 @@ _EVAL = {
 CERTIFY_SIGMAS = (0.25, 0.5, 1.0)
 
 #: Randomized smoothing as Cohen et al. run it, per profile: one CertifyConfig per sigma of
-#: :data:`~paperlib.evaluation.CERTIFY_SIGMAS` (:func:`~paperlib.evaluation.certify_grid_configs`), abstentions
+#: :data:`~paperlib.evaluation.CERTIFY_SIGMAS` (:func:`paperlib.bounds.smoothing.certify_grid_configs`), abstentions
 #: counted as errors. The profile's own ``certify`` budget above (n = 2000 on fmnist, whose committed runs keep
 #: their hashes) certifies no l2 radius above 0.68 at sigma 0.25; n = 10,000 reaches 0.80 / 1.60 / 3.20 at
 #: sigma 0.25 / 0.5 / 1.0 (alpha 0.001), so every radius of Table B.5 (up to 2.0) is within reach of some sigma.
@@ -61,25 +58,26 @@ _CERTIFY_GRID: dict[str, dict[str, Any]] = {
 }
 
 
-def certify_grid_configs(profile: str) -> dict[float, Any]:
-    """The certification grid of a profile: ``{sigma: CertifyConfig}`` for each sigma of
-    :data:`~paperlib.evaluation.CERTIFY_SIGMAS`, the profile's certify config
-    (:func:`~paperlib.evaluation.evaluation_configs`) with the grid's ``n`` and ``n_images``."""
-    prof = get_profile(profile)
-    base = evaluation_configs(prof.name)["certify"]
-    return {s: dataclasses.replace(base, sigma=s, **_CERTIFY_GRID[prof.name]) for s in CERTIFY_SIGMAS}
-
-
-def evaluation_configs(profile: str) -> dict[str, Any]:
-    """The attack, bound (l2 and linf) and certify configs of a profile: ``{'attack', 'bound-l2',
-    'bound-linf', 'certify'}``."""
+def evaluation_budgets(profile: str) -> dict[str, dict[str, Any]]:
+    """The keyword arguments of a profile's evaluation configs: ``{'attack': AttackConfig's, 'bound-l2' and
+    'bound-linf': BoundConfig's, 'certify': CertifyConfig's}``; the profile's image count and evaluation batch
+    size with its budgets. :func:`paperlib.reproduce.evaluation_configs` builds the configs from them."""
     prof = get_profile(profile)
     budgets = _EVAL[prof.name]
     n, bs = prof.n_images, prof.eval_batch_size
-    certify = {"n_images": n, "batch_size": bs, **budgets["certify"]}
     return {
-        "attack": AttackConfig(**{"n_images": n, "batch_size": min(bs, n), **budgets["attack"]}),
-        "bound-l2": BoundConfig(norm="l2", n_images=n, batch_size=bs, **budgets["bound"]),
-        "bound-linf": BoundConfig(norm="linf", n_images=n, batch_size=bs, **budgets["bound"]),
-        "certify": CertifyConfig(**certify),
+        "attack": {"n_images": n, "batch_size": min(bs, n), **budgets["attack"]},
+        "bound-l2": {"norm": "l2", "n_images": n, "batch_size": bs, **budgets["bound"]},
+        "bound-linf": {"norm": "linf", "n_images": n, "batch_size": bs, **budgets["bound"]},
+        "certify": {"n_images": n, "batch_size": bs, **budgets["certify"]},
     }
+
+
+def certify_grid_budgets(profile: str) -> dict[float, dict[str, Any]]:
+    """The keyword arguments of a profile's certification grid: ``{sigma: CertifyConfig's}`` for each sigma of
+    :data:`~paperlib.evaluation.CERTIFY_SIGMAS`, the profile's certify budget
+    (:func:`~paperlib.evaluation.evaluation_budgets`) with the grid's ``n`` and ``n_images``.
+    :func:`paperlib.bounds.smoothing.certify_grid_configs` builds the configs from them."""
+    prof = get_profile(profile)
+    base = evaluation_budgets(prof.name)["certify"]
+    return {s: {**base, "sigma": s, **_CERTIFY_GRID[prof.name]} for s in CERTIFY_SIGMAS}

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-import paperlib.training as training
 from paperlib.config import ConfigError, check_device, get_profile, parse_number
 from paperlib.data import check_split_count, load_dataset, sample_images
 
@@ -176,7 +175,7 @@ class _Renamed(argparse.Action):
 
 def renamed_option(group: Any, old: str, message: str) -> None:
     """Keep the renamed option ``old`` as a hidden one whose use is the one-line error ``message`` (``{value}``:
-    the value given); :func:`paperlib.cli.main` raises it (:func:`~paperlib.options.check_renamed`) before the
+    the value given); ``paperlib.cli.main`` raises it (:func:`~paperlib.options.check_renamed`) before the
     command runs."""
     group.add_argument(old, dest="_renamed_" + old.strip("-").replace("-", "_"), action=_Renamed, message=message)
 
@@ -210,16 +209,17 @@ def resolve_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def trained_model(run_path: str | Path, device: str) -> tuple[Any, Any, Any, str]:
+def trained_model(run_path: str | Path, device: str, load: Any) -> tuple[Any, Any, Any, str]:
     """What an evaluation command loads first: the trained model of the run directory ``run_path`` (on
-    ``device``), its training config, its profile (or None) and its dataset's name. A missing directory or a
-    device this machine lacks is a one-line :class:`~paperlib.config.ConfigError` before anything is loaded."""
+    ``device``), its training config, its profile (or None) and its dataset's name. ``load`` is the loader,
+    :func:`~paperlib.training.engine.load_trained` (passed in, so this module imports no stage). A missing directory or
+    a device this machine lacks is a one-line :class:`~paperlib.config.ConfigError` before anything is loaded."""
     path = Path(run_path)
     if not path.is_dir():
         raise ConfigError(f"run {str(path)!r} does not exist as a directory; pass a training run such as "
                           "runs/fmnist/undefended")
     check_device(device, "--device")
-    model, tcfg = training.load_trained(path, device=device)  # looked up now: tests replace the loader
+    model, tcfg = load(path, device=device)
     profile = None
     if isinstance(getattr(tcfg, "profile", None), str):
         try:

@@ -17,7 +17,7 @@ The grid (Tables 1, 2, B.3, B.4 of the paper), keyed by the row keys of
 Then, for every model: the attack suite in l2 and linf on the profile's ``n_images`` seeded test images
 (:mod:`paperlib.attacks.suite`), the bounds in l2 and linf (:mod:`paperlib.bounds.lipschitz`), and randomized
 smoothing for ``undefended`` and ``fd-l2-lam1`` (:mod:`paperlib.bounds.smoothing`). Smoothing as Cohen et al. run
-it (three sigmas, n >= 10,000 on 500 images: :func:`~paperlib.evaluation.certify_grid_configs`) is not a stage of
+it (three sigmas, n >= 10,000 on 500 images: :func:`~paperlib.bounds.smoothing.certify_grid_configs`) is not a stage of
 the grid; ``paperlib certify <run> --grid`` runs it for one model.
 
 Every stage is a run of the run store, so the command is resumable: finished runs load at once, a partial run
@@ -36,12 +36,12 @@ from typing import Any, Sequence
 
 # ``training`` as a module: its ``train`` and ``load_trained`` are looked up when the grid runs (tests replace them).
 import paperlib.training as training
-from paperlib.attacks.suite import attack_model
-from paperlib.bounds.lipschitz import run_bounds
-from paperlib.bounds.smoothing import CERTIFY_NAME_N, run_certify
+from paperlib.attacks.suite import AttackConfig, attack_model
+from paperlib.bounds.lipschitz import BoundConfig, run_bounds
+from paperlib.bounds.smoothing import CERTIFY_NAME_N, CertifyConfig, certify_grid_configs, run_certify
 from paperlib.config import ConfigError, check_choice, config_hash
 from paperlib.data import dataset_info, load_dataset, sample_images
-from paperlib.evaluation import _EVAL, CERTIFY_SIGMAS, certify_grid_configs, evaluation_configs  # noqa: F401 (re-exported)
+from paperlib.evaluation import _EVAL, CERTIFY_SIGMAS, evaluation_budgets  # noqa: F401 (re-exported)
 from paperlib.runs import RunLockedError, RunStore, atomic_write_text
 from paperlib.stages import stage_subrun
 
@@ -92,6 +92,14 @@ def grid(profile: str, recipe: dict[str, Any] | None = None, free_schedule: str 
         key = "fd-l1-lam1-h0.1" if h == 0.1 else name
         g.setdefault(key, make(method="penalty", penalty="fd", norm="l1", lam=1.0, h=h))
     return g
+
+
+def evaluation_configs(profile: str) -> dict[str, Any]:
+    """The attack, bound (l2 and linf) and certify configs of a profile: ``{'attack', 'bound-l2',
+    'bound-linf', 'certify'}``, built from its budgets (:func:`~paperlib.evaluation.evaluation_budgets`)."""
+    kw = evaluation_budgets(profile)
+    return {"attack": AttackConfig(**kw["attack"]), "bound-l2": BoundConfig(**kw["bound-l2"]),
+            "bound-linf": BoundConfig(**kw["bound-linf"]), "certify": CertifyConfig(**kw["certify"])}
 
 
 def _timed(times: dict[str, float], stage: str, fn, *args, **kwargs):

@@ -25,15 +25,14 @@ PACKAGE = REPO / "paperlib"
 
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundations": ("paperlib.config", "paperlib.norms", "paperlib.losses", "paperlib.data", "paperlib.models",
-                    "paperlib.runs", "paperlib.training.distributed", "paperlib.attacks.norms"),
+                    "paperlib.runs", "paperlib.training.distributed", "paperlib.attacks.norms", "paperlib.evaluation"),
     "algorithms": ("paperlib.regularizers", "paperlib.training.methods", "paperlib.attacks.base",
                    "paperlib.attacks.pgd", "paperlib.attacks.cw", "paperlib.attacks.boundary",
                    "paperlib.attacks.logbarrier", "paperlib.bounds.evt", "paperlib.bounds.sampling",
                    "paperlib.bounds.statistics", "paperlib.bounds.adversarial", "paperlib.theory"),
     "metrics": ("paperlib.attacks.checks", "paperlib.bounds.audit", "paperlib.metrics"),
     "stages": ("paperlib.training.engine", "paperlib.training", "paperlib.attacks.suite", "paperlib.attacks",
-               "paperlib.bounds.lipschitz", "paperlib.bounds.smoothing", "paperlib.bounds", "paperlib.stages",
-               "paperlib.evaluation"),
+               "paperlib.bounds.lipschitz", "paperlib.bounds.smoothing", "paperlib.bounds", "paperlib.stages"),
     "grid, cli": ("paperlib.reproduce", "paperlib.cli", "paperlib.options", "paperlib.attacks.cli",
                   "paperlib.bounds.cli", "paperlib.training.cli", "paperlib.__main__"),
     "report": ("paperlib.report",),

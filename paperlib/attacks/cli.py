@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+# the training area as a module: its load_trained is looked up when a command runs (tests replace it)
+import paperlib.training as training
 from paperlib.attacks.suite import AttackConfig, attack_model
 from paperlib.config import PROFILES, ConfigError
 from paperlib.options import (add_config_option, add_stage_options, config_overrides, draw_images, resolve_device,
@@ -78,7 +80,7 @@ def _n_images(args: argparse.Namespace) -> tuple[int | None, str]:
 def run_attack(args: argparse.Namespace) -> int:
     """Run or load the suite on ``args.run``; print the summary and the checks."""
     device = resolve_device(args.device)
-    model, tcfg, _, dataset = trained_model(args.run, device)
+    model, tcfg, _, dataset = trained_model(args.run, device, training.load_trained)
     cfg = config_from_args(args, getattr(tcfg, "profile", ""))
     x, y, idx = draw_images(dataset, cfg.n_images, cfg.seed, args.data_root, device, flag=_n_images(args)[1])
     run = stage_subrun(args.run, cfg)

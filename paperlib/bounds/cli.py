@@ -13,7 +13,7 @@ Every option that sets a config field is made from the field (:mod:`paperlib.opt
 default of the config dataclass (:class:`~paperlib.bounds.lipschitz.BoundConfig`,
 :class:`~paperlib.bounds.smoothing.CertifyConfig`), except the image count and batch size of ``bound`` (the
 profile's) and, with ``certify --grid``, the profile's certification grid
-(:func:`~paperlib.evaluation.certify_grid_configs`).
+(:func:`~paperlib.bounds.smoothing.certify_grid_configs`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ import argparse
 import dataclasses
 from typing import Any
 
+# the training area as a module: its load_trained is looked up when a command runs (tests replace it)
+import paperlib.training as training
 from paperlib.bounds.audit import audit_model_run
 from paperlib.bounds.lipschitz import BoundConfig, run_bounds
-from paperlib.bounds.smoothing import CertifyConfig, max_certifiable_radius, run_certify, smoothing_envelope
+from paperlib.bounds.smoothing import (CertifyConfig, certify_grid_configs, max_certifiable_radius, run_certify,
+                                      smoothing_envelope)
 from paperlib.config import ConfigError
 from paperlib.data import dataset_info
-from paperlib.evaluation import certify_grid_configs
 from paperlib.options import (add_config_option, add_stage_options, config_overrides, draw_images, field_default,
                               renamed_option, resolve_device, trained_model)
 from paperlib.stages import stage_subrun
@@ -53,7 +55,7 @@ def cmd_bound(args: argparse.Namespace) -> int:
     kw = config_overrides(args, BOUND_OPTIONS)
     BoundConfig(**kw)  # validate the options before loading anything
     device = resolve_device(args.device)
-    model, _, profile, dataset = trained_model(args.run, device)
+    model, _, profile, dataset = trained_model(args.run, device, training.load_trained)
     n = args.n_images if args.n_images is not None else (profile.n_images if profile is not None
                                                          else field_default(BoundConfig, "n_images"))
     image_seed = kw.get("image_seed", field_default(BoundConfig, "image_seed"))
@@ -105,7 +107,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
         for s in sigmas:
             CertifyConfig(sigma=s, n_images=args.n_images or 1, **kw)  # validate the options before loading anything
     device = resolve_device(args.device)
-    model, _, profile, dataset = trained_model(args.run, device)
+    model, _, profile, dataset = trained_model(args.run, device, training.load_trained)
     if args.grid:
         if profile is None:
             raise ConfigError(f"--grid needs the model's profile, and the model of {args.run} has none; give "
@@ -182,7 +184,7 @@ def add_parser(subparsers: Any) -> None:
     add_config_option(g, CertifyConfig, "sigma", help="noise level(s) in [0,1] pixel units, e.g. --sigma 0.25 0.5 "
                       "1.0", type=float, nargs="+")
     g.add_argument("--grid", action="store_true",
-                   help="the profile's certification grid (paperlib.evaluation.certify_grid_configs: sigma 0.25, 0.5, "
+                   help="the profile's certification grid (paperlib.bounds.smoothing.certify_grid_configs: sigma 0.25, 0.5, "
                    "1.0; fmnist: n 10000 on 500 images); other options given here override it")
     add_config_option(g, CertifyConfig, "n0")
     add_config_option(g, CertifyConfig, "n", flag="--n-samples")

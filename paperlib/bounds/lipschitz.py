@@ -58,7 +58,9 @@ from paperlib.config import (
 from paperlib.losses import LOSSES, MARGIN_L0, get_loss
 from paperlib.bounds.evt import GEVFit, estimate_supremum
 from paperlib.bounds.sampling import make_generator, perturb_in_box, sample_uniform_ball
-from paperlib.bounds.statistics import ImageStatistics, eval_mode, image_statistics, model_device
+from paperlib.bounds.adversarial import ascent_passes, ascent_residuals
+from paperlib.bounds.statistics import (ImageStatistics, dual_norm, eval_mode, image_statistics, loss_and_gradient,
+                                        model_device)
 from paperlib.norms import get_norm
 from paperlib.stages import Stage, register_stage, run_or_load
 
@@ -583,8 +585,6 @@ def ball_gradient_norms(
 
     Returns a float64 tensor ``[n, n_samples]`` (CPU). One forward and backward pass per sample.
     """
-    from paperlib.bounds.statistics import dual_norm, loss_and_gradient
-
     norm = normalize_norm(norm)
     check_positive("eps", eps)
     _check_int("n_samples", n_samples, 1)
@@ -614,8 +614,6 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
     import time
 
     from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
-
-    from paperlib.bounds.adversarial import ascent_passes, ascent_residuals
 
     loss_fn = lambda logits, labels: get_loss(cfg.loss)(logits, labels, top_k=cfg.top_k)  # noqa: E731
     cost: dict[str, dict[str, float]] = {}

@@ -54,10 +54,12 @@ from paperlib.config import (
 from paperlib.models import model_classes
 from paperlib.bounds.lipschitz import certified_error
 from paperlib.bounds.statistics import eval_mode, model_device
+from paperlib.evaluation import certify_grid_budgets
 from paperlib.stages import Stage, register_stage, run_or_load
 
 __all__ = [
     "certify_run_name",
+    "certify_grid_configs",
     "CERTIFY_NAME_N",
     "Smooth",
     "Certificate",
@@ -543,6 +545,13 @@ def run_certify(
 #: A certify sub-run with at least this many noise samples is named ``certify-sigma<s>-n<n>``, so the
 #: certification grid sits beside the profile's quick ``certify-sigma<s>`` runs instead of replacing them.
 CERTIFY_NAME_N = 10_000
+
+
+def certify_grid_configs(profile: str) -> dict[float, CertifyConfig]:
+    """The certification grid of a profile: ``{sigma: CertifyConfig}`` for each sigma of
+    :data:`~paperlib.evaluation.CERTIFY_SIGMAS`, the profile's certify config with the grid's ``n`` and
+    ``n_images`` (the budgets: :func:`~paperlib.evaluation.certify_grid_budgets`)."""
+    return {s: CertifyConfig(**kw) for s, kw in certify_grid_budgets(profile).items()}
 
 
 def certify_run_name(cfg: CertifyConfig) -> str:

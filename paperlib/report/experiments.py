@@ -151,7 +151,7 @@ def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalt
 
 
 def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int | None = None) -> dict[str, Any]:
-    """The profile's attack, bound and certify configs (:func:`paperlib.evaluation.evaluation_configs`), with
+    """The profile's attack, bound and certify configs (:func:`paperlib.reproduce.evaluation_configs`), with
     ``n_images`` (images evaluated) and ``seed`` (image draw and random draws) replaced when given.
 
     Returns ``{'attack', 'bound-l2', 'bound-linf', 'certify'}``; unchanged values give the profile's configs
