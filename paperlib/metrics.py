@@ -22,6 +22,12 @@ intervals and turns a comparison into a verdict that the numbers, not the prose,
   default), seeded so a page shows the same interval on every machine;
 * :func:`paired_difference_interval` -- a bootstrap interval of ``stat(a) - stat(b)`` over the *same* images
   (the models of the grid are evaluated on one seeded sample, so their differences are paired);
+* :func:`difference_of_proportions_interval` -- Newcombe's hybrid Wilson score interval of ``p1 - p2`` from
+  counts alone (where the per-image outcomes are not stored, e.g. clean errors on the whole test set);
+* :func:`ratio_interval` -- a bootstrap interval of ``mean(a) / mean(b)`` for two independent samples (e.g.
+  per-epoch training seconds of two models);
+* :func:`error_indicators` -- per image, whether it is an error at eps (the 0/1 outcomes behind
+  :func:`empirical_error`, for paired differences);
 * :func:`verdict` -- ``'holds'`` where the interval of the difference excludes the opposite of the claim,
   ``'does not hold'`` where it excludes the claim, ``'not resolved'`` otherwise.
 """
@@ -40,7 +46,7 @@ from paperlib.config import ConfigError, check_int, check_nonnegative, check_pro
 
 __all__ = ["BEST_COLUMNS", "TIE_RTOL", "best_distances", "best_values", "empirical_error", "error_curve",
            "error_curves", "wilson_interval", "bootstrap_interval", "paired_difference_interval", "verdict",
-           "VERDICTS"]
+           "VERDICTS", "error_indicators", "difference_of_proportions_interval", "ratio_interval"]
 
 #: The three verdicts of :func:`~paperlib.metrics.verdict`.
 VERDICTS = ("holds", "does not hold", "not resolved")
@@ -140,6 +146,14 @@ def empirical_error(best: Best, eps: float, norm: Optional[str] = None) -> float
     check_nonnegative("eps", eps)
     values = best_values(best, norm)
     return float(100.0 * np.mean(_broken_at(values, float(eps))))
+
+
+def error_indicators(best: Best, eps: float, norm: Optional[str] = None) -> np.ndarray:
+    """Per image, whether it is an error at ``eps`` (``best distance <= eps``, ties counted): a bool array
+    ``[n_images]`` in the order of ``best`` (``best.csv`` is sorted by norm, image). Its mean times 100 is
+    :func:`~paperlib.metrics.empirical_error`."""
+    check_nonnegative("eps", eps)
+    return _broken_at(best_values(best, norm), float(eps))
 
 
 def error_curve(best: Best, eps_grid: Sequence[float], norm: Optional[str] = None) -> pd.DataFrame:
@@ -257,3 +271,41 @@ def verdict(low: float, high: float, claim: str) -> str:
     if hi <= 0:
         return "does not hold"
     return "not resolved"
+
+
+def difference_of_proportions_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95
+                                       ) -> tuple[float, float, float]:
+    """``(difference, low, high)`` of ``k1/n1 - k2/n2`` in percentage points: Newcombe's (1998) hybrid score
+    interval (his method 10), built from the two :func:`~paperlib.metrics.wilson_interval` s.
+
+    It treats the samples as independent. Two models scored on the same images are positively correlated, and
+    then this interval is wider than a paired one (conservative); use
+    :func:`~paperlib.metrics.paired_difference_interval` where the per-image outcomes are stored.
+
+    >>> [round(v, 2) for v in difference_of_proportions_interval(56, 70, 48, 80)]
+    [20.0, 5.24, 33.39]
+    """
+    l1, u1 = (v / 100 for v in wilson_interval(k1, n1, confidence))
+    l2, u2 = (v / 100 for v in wilson_interval(k2, n2, confidence))
+    p1, p2 = k1 / n1, k2 / n2
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return 100.0 * d, 100.0 * low, 100.0 * high
+
+
+def ratio_interval(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """``(ratio, low, high)`` of ``mean(a) / mean(b)`` for two independent samples (each resampled on its
+    own; percentile bootstrap, seeded). ``b`` must have a positive mean (e.g. seconds per training step)."""
+    x, y = _values("a", a), _values("b", b)
+    if not (y.mean() > 0):
+        raise ConfigError(f"b has mean {y.mean()}; a ratio needs a positive denominator")
+    check_probability("confidence", confidence)
+    check_int("n_resamples", n_resamples, 100)
+    rng = np.random.default_rng(seed)
+    xs = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+    ys = y[rng.integers(0, y.size, size=(n_resamples, y.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(xs / ys, [alpha, 1 - alpha])
+    return float(x.mean() / y.mean()), float(low), float(high)

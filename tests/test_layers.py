@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                     "paperlib.runs", "paperlib.training.distributed", "paperlib.attacks.norms", "paperlib.evaluation"),
     "algorithms": ("paperlib.regularizers", "paperlib.training.methods", "paperlib.attacks.base",
                    "paperlib.attacks.pgd", "paperlib.attacks.cw", "paperlib.attacks.boundary",
-                   "paperlib.attacks.logbarrier", "paperlib.bounds.evt", "paperlib.bounds.sampling",
+                   "paperlib.attacks.logbarrier", "paperlib.attacks.reference", "paperlib.bounds.evt", "paperlib.bounds.sampling",
                    "paperlib.bounds.statistics", "paperlib.bounds.adversarial", "paperlib.theory"),
     "metrics": ("paperlib.attacks.checks", "paperlib.bounds.audit", "paperlib.metrics"),
     "stages": ("paperlib.training.engine", "paperlib.training", "paperlib.attacks.suite", "paperlib.attacks",

@@ -161,3 +161,37 @@ def test_bad_input_is_one_clear_error():
         bootstrap_interval([1.0, float("inf"), 2.0])
     with pytest.raises(ConfigError, match="claim='bigger'"):
         verdict(0, 1, "bigger")
+
+
+def test_difference_of_proportions_matches_newcombes_worked_example_and_covers():
+    # Newcombe (1998), Stat. Med. 17:873, example (a): 56/70 - 48/80, method 10: 0.0524 to 0.3339
+    d, low, high = metrics.difference_of_proportions_interval(56, 70, 48, 80)
+    assert d == pytest.approx(20.0) and low == pytest.approx(5.24, abs=0.01) and high == pytest.approx(33.39, abs=0.01)
+    rng = np.random.default_rng(3)
+    hits = []
+    for _ in range(2000):
+        k1, k2 = rng.binomial(200, 0.3), rng.binomial(150, 0.2)
+        _, lo, hi = metrics.difference_of_proportions_interval(int(k1), 200, int(k2), 150)
+        hits.append(lo <= 10.0 <= hi)
+    assert 0.93 <= np.mean(hits) <= 0.975
+    with pytest.raises(ConfigError, match="k=5"):
+        metrics.difference_of_proportions_interval(5, 4, 1, 4)
+
+
+def test_ratio_interval_is_seeded_contains_the_ratio_and_rejects_a_zero_denominator():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(300, 10, 12), rng.normal(100, 5, 12)
+    r, lo, hi = metrics.ratio_interval(a, b)
+    assert r == pytest.approx(a.mean() / b.mean()) and lo < r < hi and 2.5 < lo and hi < 3.5
+    assert metrics.ratio_interval(a, b) == (r, lo, hi)
+    with pytest.raises(ConfigError, match="positive denominator"):
+        metrics.ratio_interval(a, [0.0, 0.0])
+
+
+def test_error_indicators_average_to_the_empirical_error():
+    best = pd.DataFrame({"image": [1, 2, 3, 1, 2, 3], "label": 0, "norm": ["l2"] * 3 + ["linf"] * 3,
+                         "best": [0.0, 0.5, math.inf, 0.0, 0.01, 0.2], "best_attack": "x"})
+    ind = metrics.error_indicators(best, 0.5, "l2")
+    assert ind.tolist() == [True, True, False]
+    assert 100 * ind.mean() == empirical_error(best, 0.5, "l2")
+    assert metrics.error_indicators(best, 8 / 255, "linf").tolist() == [True, True, False]
