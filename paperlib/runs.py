@@ -45,8 +45,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy
 import torch
 
+import paperlib
 from paperlib.config import ConfigError, check_runs_dir, config_hash, config_to_dict
 
 __all__ = ["RunStore", "Run", "StaleRunError", "RunCorruptError", "RunLockedError", "load_or_run",
@@ -293,10 +295,6 @@ def _git_commit() -> str | None:
 
 def environment_info() -> dict[str, Any]:
     """Versions and machine facts recorded with every run."""
-    import numpy
-
-    import paperlib
-
     info: dict[str, Any] = {
         "paperlib": paperlib.__version__,
         "torch": torch.__version__,
