@@ -25,16 +25,16 @@ import importlib
 import sys
 from typing import Sequence
 
-from paperlib import __version__
-from paperlib.config import ConfigError
+from paperlib import __version__, data
+from paperlib.config import ConfigError, check_runs_dir
+from paperlib.options import check_renamed
+from paperlib.runs import RunStore
 
 # Each area registers its own sub-commands through ``add_parser(subparsers)`` in these modules.
 AREA_CLIS = ("paperlib.training.cli", "paperlib.attacks.cli", "paperlib.bounds.cli", "paperlib.reproduce")
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from paperlib import data
-
     if args.download:
         data.load_dataset(args.download, "train", download=True)
         data.load_dataset(args.download, "test", download=True)
@@ -54,9 +54,6 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from paperlib.config import check_runs_dir
-    from paperlib.runs import RunStore
-
     if args.runs_dir is not None:
         check_runs_dir(args.runs_dir, "--runs-dir", writable=False)
     store = RunStore(args.runs_dir)
@@ -132,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_renamed(args)  # a renamed option: one line naming the new one
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"paperlib: error: {exc}", file=sys.stderr)

@@ -17,7 +17,7 @@ The grid (Tables 1, 2, B.3, B.4 of the paper), keyed by the row keys of
 Then, for every model: the attack suite in l2 and linf on the profile's ``n_images`` seeded test images
 (:mod:`paperlib.attacks.suite`), the bounds in l2 and linf (:mod:`paperlib.bounds.lipschitz`), and randomized
 smoothing for ``undefended`` and ``fd-l2-lam1`` (:mod:`paperlib.bounds.smoothing`). Smoothing as Cohen et al. run
-it (three sigmas, n >= 10,000 on 500 images: :func:`~paperlib.reproduce.certify_grid_configs`) is not a stage of
+it (three sigmas, n >= 10,000 on 500 images: :func:`~paperlib.bounds.smoothing.certify_grid_configs`) is not a stage of
 the grid; ``paperlib certify <run> --grid`` runs it for one model.
 
 Every stage is a run of the run store, so the command is resumable: finished runs load at once, a partial run
@@ -29,11 +29,21 @@ invocations respect) and the grid goes on with the others.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from paperlib.config import ConfigError, check_choice, get_profile
+# ``training`` as a module: its ``train`` and ``load_trained`` are looked up when the grid runs (tests replace them).
+import paperlib.training as training
+from paperlib.attacks.suite import AttackConfig, attack_model
+from paperlib.bounds.lipschitz import BoundConfig, run_bounds
+from paperlib.bounds.smoothing import CERTIFY_NAME_N, CertifyConfig, certify_grid_configs, run_certify
+from paperlib.config import ConfigError, check_choice, config_hash
+from paperlib.data import dataset_info, load_dataset, sample_images
+from paperlib.evaluation import _EVAL, CERTIFY_SIGMAS, evaluation_budgets  # noqa: F401 (re-exported)
+from paperlib.runs import RunLockedError, RunStore, atomic_write_text
+from paperlib.stages import stage_subrun
 
 __all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "stage_subrun", "diverged_note", "DIVERGED", "add_parser", "STAGES", "SMOOTHING_MODELS", "RECIPE_FIELDS", "recipe_tag",
            "CERTIFY_SIGMAS", "CERTIFY_NAME_N", "certify_grid_configs"]
@@ -58,8 +68,6 @@ def grid(profile: str, recipe: dict[str, Any] | None = None, free_schedule: str 
             ``-r<hash>`` of the change, so they live beside the profile's own grid).
         free_schedule: the free-AT models' ``free_schedule`` (``'steps'``: as many SGD steps as the others).
     """
-    from paperlib.training import TrainConfig
-
     recipe = dict(recipe or {})
     for k in recipe:
         check_choice("recipe field", k, RECIPE_FIELDS)
@@ -67,7 +75,7 @@ def grid(profile: str, recipe: dict[str, Any] | None = None, free_schedule: str 
     def make(**kw):
         if kw.get("method") == "free-at" and free_schedule is not None:
             kw["free_schedule"] = free_schedule
-        return TrainConfig.from_profile(profile, **recipe, **kw)
+        return training.TrainConfig.from_profile(profile, **recipe, **kw)
 
     g: dict[str, Any] = {"undefended": make(method="undefended")}
     for e in (2, 8):
@@ -86,80 +94,12 @@ def grid(profile: str, recipe: dict[str, Any] | None = None, free_schedule: str 
     return g
 
 
-# Evaluation budgets per profile. The literature's defaults (the attack and bound configs' own defaults) are
-# what the cifar10/imagenet profiles use on GPUs; the CPU profiles cut the iteration budgets, and the attack
-# suite's convergence check (doubled budgets on a subsample) reports whether the cut budgets still converge.
-_EVAL = {
-    "smoke": {
-        "attack": dict(pgd_steps=10, pgd_search_steps=6, cw_steps=100, cw_binary_search_steps=5, boundary_steps=200,
-                       logbarrier_outer=4, logbarrier_inner=30, convergence_n=0),
-        "bound": dict(omega_samples=4, grid_size=6),
-        "certify": dict(sigma=0.25, n0=20, n=200, batch_size=200),
-    },
-    # Fashion-MNIST on a 2-core CPU: the profile's 60 images per model (the paper: 1000) and budgets cut so
-    # that the 17-model grid fits about two hours; the convergence check (doubled budgets on 10 images) says
-    # whether they are enough, and the book reports it model by model.
-    "fmnist": {
-        "attack": dict(batch_size=30, pgd_steps=40, pgd_search_steps=12, cw_steps=200, cw_binary_search_steps=6,
-                       boundary_steps=1500, logbarrier_outer=10, logbarrier_inner=60, convergence_n=10),
-        "bound": dict(),
-        "certify": dict(sigma=0.25, n0=100, n=2000, batch_size=1000),
-    },
-    "cifar10": {"attack": dict(), "bound": dict(), "certify": dict(sigma=0.25, n_images=500)},
-    "imagenet": {"attack": dict(), "bound": dict(top_k=5), "certify": dict(sigma=0.25, n_images=500)},
-}
-
-
-#: Noise levels of the certification grid (Cohen et al. 2019 also use 0.12 on CIFAR-10).
-CERTIFY_SIGMAS = (0.25, 0.5, 1.0)
-
-#: Randomized smoothing as Cohen et al. run it, per profile: one CertifyConfig per sigma of
-#: :data:`~paperlib.reproduce.CERTIFY_SIGMAS` (:func:`~paperlib.reproduce.certify_grid_configs`), abstentions
-#: counted as errors. The profile's own ``certify`` budget above (n = 2000 on fmnist, whose committed runs keep
-#: their hashes) certifies no l2 radius above 0.68 at sigma 0.25; n = 10,000 reaches 0.80 / 1.60 / 3.20 at
-#: sigma 0.25 / 0.5 / 1.0 (alpha 0.001), so every radius of Table B.5 (up to 2.0) is within reach of some sigma.
-#: The other fields (n0, alpha, batch size, radii, seeds) are the profile's certify config's, so the grid is what
-#: the certify page computes with
-#: ``-y "{sigma: [0.25, 0.5, 1.0], n: 10000, n_images: 500}"``.
-_CERTIFY_GRID: dict[str, dict[str, Any]] = {
-    "smoke": dict(),  # the smoke profile's own certify budget, at three sigmas
-    "fmnist": dict(n=10_000, n_images=500),
-    "cifar10": dict(n=100_000, n_images=500),
-    "imagenet": dict(n=100_000, n_images=500),
-}
-
-#: A certify sub-run with at least this many noise samples is named ``certify-sigma<s>-n<n>``, so the
-#: certification grid sits beside the profile's quick ``certify-sigma<s>`` runs instead of replacing them.
-CERTIFY_NAME_N = 10_000
-
-
-def certify_grid_configs(profile: str) -> dict[float, Any]:
-    """The certification grid of a profile: ``{sigma: CertifyConfig}`` for each sigma of
-    :data:`~paperlib.reproduce.CERTIFY_SIGMAS`, the profile's certify config
-    (:func:`~paperlib.reproduce.evaluation_configs`) with the grid's ``n`` and ``n_images``."""
-    import dataclasses
-
-    prof = get_profile(profile)
-    base = evaluation_configs(prof.name)["certify"]
-    return {s: dataclasses.replace(base, sigma=s, **_CERTIFY_GRID[prof.name]) for s in CERTIFY_SIGMAS}
-
-
 def evaluation_configs(profile: str) -> dict[str, Any]:
     """The attack, bound (l2 and linf) and certify configs of a profile: ``{'attack', 'bound-l2',
-    'bound-linf', 'certify'}``."""
-    from paperlib.attacks.suite import AttackConfig
-    from paperlib.bounds import BoundConfig, CertifyConfig
-
-    prof = get_profile(profile)
-    budgets = _EVAL[prof.name]
-    n, bs = prof.n_images, prof.eval_batch_size
-    certify = {"n_images": n, "batch_size": bs, **budgets["certify"]}
-    return {
-        "attack": AttackConfig(**{"n_images": n, "batch_size": min(bs, n), **budgets["attack"]}),
-        "bound-l2": BoundConfig(norm="l2", n_images=n, batch_size=bs, **budgets["bound"]),
-        "bound-linf": BoundConfig(norm="linf", n_images=n, batch_size=bs, **budgets["bound"]),
-        "certify": CertifyConfig(**certify),
-    }
+    'bound-linf', 'certify'}``, built from its budgets (:func:`~paperlib.evaluation.evaluation_budgets`)."""
+    kw = evaluation_budgets(profile)
+    return {"attack": AttackConfig(**kw["attack"]), "bound-l2": BoundConfig(**kw["bound-l2"]),
+            "bound-linf": BoundConfig(**kw["bound-linf"]), "certify": CertifyConfig(**kw["certify"])}
 
 
 def _timed(times: dict[str, float], stage: str, fn, *args, **kwargs):
@@ -187,12 +127,6 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
     Several processes may work on one grid at once (e.g. two with one thread each on a 2-core machine): a
     model another process is training is skipped and taken up at the end, once that process has finished it.
     """
-    from paperlib.attacks.suite import attack_model
-    from paperlib.bounds import run_bounds, run_certify
-    from paperlib.data import dataset_info, load_dataset, sample_images
-    from paperlib.runs import RunLockedError, RunStore, atomic_write_text
-    from paperlib.training import TrainingDivergedError, load_trained, train
-
     for s in stages:
         check_choice("stage", s, STAGES)
     configs = grid(profile, recipe, free_schedule)
@@ -225,12 +159,12 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
             was = pre.is_finished()
             t0 = time.perf_counter()
             try:
-                run = _timed(times, "train", train, cfg, store, progress=progress, wait=wait)
+                run = _timed(times, "train", training.train, cfg, store, progress=progress, wait=wait)
             except RunLockedError as exc:
                 log(f"[{i}/{len(keys)}] {key}: {exc}; coming back to it at the end")
                 queue.append((i, key, True))
                 continue
-            except TrainingDivergedError as exc:
+            except training.TrainingDivergedError as exc:
                 # One model's divergence is a result (the paper's h = 1e-4 row is the case in point), not a
                 # reason to stop the grid: record it where the table pages find it, and go on.
                 pre.path.mkdir(parents=True, exist_ok=True)
@@ -250,7 +184,7 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
         if not set(stages) & {"attack", "bound", "certify"}:
             _record_timing(store.root / profile, key, computed, tag)
             continue
-        model, tcfg = load_trained(run)
+        model, tcfg = training.load_trained(run)
         if images is None:
             images = sample_images(load_dataset(tcfg.dataset, "test"), evals["attack"].n_images,
                                    evals["attack"].seed)
@@ -287,8 +221,6 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
     times["total"] = time.perf_counter() - start
     report = {"profile": profile, "stages": list(stages), "models": keys, "seconds": times, "runs": runs,
               "diverged": diverged}
-    import json
-
     report["recipe"] = {k: list(v) if isinstance(v, tuple) else v for k, v in (recipe or {}).items()}
     report["free_schedule"] = free_schedule
     path = store.root / profile / f"reproduce{tag}.json"
@@ -297,30 +229,6 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
     log("wall time per stage (this invocation; finished runs load in seconds): "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
     return report
-
-
-def stage_subrun(run, cfg):
-    """The sub-run of a trained model's run (a :class:`~paperlib.runs.Run` or its directory) that holds an
-    evaluation stage with config ``cfg``: ``attack-<config hash>``
-    (:class:`~paperlib.attacks.suite.AttackConfig`), ``bounds-<norm>``
-    (:class:`~paperlib.bounds.lipschitz.BoundConfig`) or ``certify-sigma<sigma>``
-    (:class:`~paperlib.bounds.smoothing.CertifyConfig`; ``certify-sigma<sigma>-n<n>`` when ``n`` is at least
-    :data:`~paperlib.reproduce.CERTIFY_NAME_N`). The one place these names are made, so the grid, the command
-    line, the table pages and the experiment notebooks agree."""
-    from paperlib.attacks.suite import AttackConfig, attack_run_name
-    from paperlib.bounds import BoundConfig, CertifyConfig
-    from paperlib.runs import Run
-
-    if isinstance(cfg, AttackConfig):
-        name = attack_run_name(cfg)
-    elif isinstance(cfg, BoundConfig):
-        name = f"bounds-{cfg.norm}"
-    elif isinstance(cfg, CertifyConfig):
-        name = f"certify-sigma{cfg.sigma:g}" + (f"-n{cfg.n}" if cfg.n >= CERTIFY_NAME_N else "")
-    else:
-        raise ConfigError(f"no evaluation stage has a config of type {type(cfg).__name__}; "
-                          "expected AttackConfig, BoundConfig or CertifyConfig")
-    return Run(Path(getattr(run, "path", run)) / name, cfg)
 
 
 def diverged_note(run) -> str | None:
@@ -334,8 +242,6 @@ def diverged_note(run) -> str | None:
 def recipe_tag(recipe: dict[str, Any] | None = None, free_schedule: str | None = None) -> str:
     """``''`` for the profile's own grid, else ``-r<hash>`` of the recipe change: the suffix of the grid's
     records (``reproduce<tag>.json``, ``timings<tag>/``), so a changed grid never overwrites the profile's."""
-    from paperlib.config import config_hash
-
     change = {k: list(v) if isinstance(v, tuple) else v for k, v in (recipe or {}).items()}
     if free_schedule is not None:
         change["free_schedule"] = free_schedule
@@ -345,10 +251,6 @@ def recipe_tag(recipe: dict[str, Any] | None = None, free_schedule: str | None =
 def _record_timing(root: Path, key: str, computed: dict[str, float], tag: str = "") -> None:
     """Add the seconds of the stages computed now to ``<root>/timings<tag>/<key>.json`` (loaded stages keep the
     seconds of the invocation that computed them)."""
-    import json
-
-    from paperlib.runs import atomic_write_text
-
     if not computed:
         return
     path = root / f"timings{tag}" / f"{key}.json"
@@ -361,16 +263,12 @@ def _record_timing(root: Path, key: str, computed: dict[str, float], tag: str = 
 def stage_seconds(profile_dir: str | Path, tag: str = "") -> dict[str, dict[str, float]]:
     """Per-model seconds of each stage as :func:`reproduce` measured them when it computed them:
     ``{key: {'train': s, 'attack': s, ...}}`` from ``<profile_dir>/timings<tag>/`` (see :func:`recipe_tag`)."""
-    import json
-
     d = Path(profile_dir) / f"timings{tag}"
     return {p.stem: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
 
 
 def _run_name(cfg) -> str:
-    from paperlib.training import run_name
-
-    return run_name(cfg)
+    return training.run_name(cfg)
 
 
 def _cmd(args: argparse.Namespace) -> int:

@@ -45,9 +45,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy
 import torch
 
-from paperlib.config import ConfigError, config_hash, config_to_dict
+import paperlib
+from paperlib.config import ConfigError, check_runs_dir, config_hash, config_to_dict
 
 __all__ = ["RunStore", "Run", "StaleRunError", "RunCorruptError", "RunLockedError", "load_or_run",
            "environment_info", "atomic_write_bytes", "atomic_write_text", "default_runs_dir", "FINISHED",
@@ -293,10 +295,6 @@ def _git_commit() -> str | None:
 
 def environment_info() -> dict[str, Any]:
     """Versions and machine facts recorded with every run."""
-    import numpy
-
-    import paperlib
-
     info: dict[str, Any] = {
         "paperlib": paperlib.__version__,
         "torch": torch.__version__,
@@ -651,8 +649,6 @@ class RunStore:
     """
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
-        from paperlib.config import check_runs_dir
-
         env = os.environ.get("PAPERLIB_RUNS")
         self.root = Path(root if root is not None else env or "runs")
         check_runs_dir(self.root, "runs_dir" if root is not None or not env else "$PAPERLIB_RUNS", writable=False)

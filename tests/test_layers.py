@@ -25,7 +25,7 @@ PACKAGE = REPO / "paperlib"
 
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundations": ("paperlib.config", "paperlib.norms", "paperlib.losses", "paperlib.data", "paperlib.models",
-                    "paperlib.runs", "paperlib.training.distributed", "paperlib.attacks.norms"),
+                    "paperlib.runs", "paperlib.training.distributed", "paperlib.attacks.norms", "paperlib.evaluation"),
     "algorithms": ("paperlib.regularizers", "paperlib.training.methods", "paperlib.attacks.base",
                    "paperlib.attacks.pgd", "paperlib.attacks.cw", "paperlib.attacks.boundary",
                    "paperlib.attacks.logbarrier", "paperlib.attacks.reference", "paperlib.bounds.evt", "paperlib.bounds.sampling",
@@ -33,8 +33,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "metrics": ("paperlib.attacks.checks", "paperlib.bounds.audit", "paperlib.metrics"),
     "stages": ("paperlib.training.engine", "paperlib.training", "paperlib.attacks.suite", "paperlib.attacks",
                "paperlib.bounds.lipschitz", "paperlib.bounds.smoothing", "paperlib.bounds", "paperlib.stages"),
-    "grid, cli": ("paperlib.reproduce", "paperlib.cli", "paperlib.attacks.cli", "paperlib.bounds.cli",
-                  "paperlib.training.cli", "paperlib.__main__"),
+    "grid, cli": ("paperlib.reproduce", "paperlib.cli", "paperlib.options", "paperlib.attacks.cli",
+                  "paperlib.bounds.cli", "paperlib.training.cli", "paperlib.__main__"),
     "report": ("paperlib.report",),
 }
 #: The package root only re-exports lazily (``paperlib.GradientPenalty`` etc.): it belongs to no layer.

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from paperlib.attacks.base import Attack, AttackResult
 from paperlib.attacks.boundary import BoundaryAttack
+from paperlib.attacks.checks import Check, run_checks
 from paperlib.attacks.cw import CarliniWagnerL2
 from paperlib.attacks.logbarrier import LogBarrierAttack
 from paperlib.attacks.norms import get_norm
@@ -66,6 +67,7 @@ from paperlib.config import (
 )
 from paperlib.metrics import BEST_COLUMNS, best_distances, empirical_error, error_curve
 from paperlib.models import model_classes
+from paperlib.stages import Stage, register_stage, run_or_load
 
 __all__ = [
     "ATTACKS",
@@ -523,14 +525,12 @@ def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: A
         cfg: the :class:`AttackConfig`.
         run: a :class:`~paperlib.runs.Run` to write ``attacks.csv``, ``best.csv``, ``checks.json`` and the
             per-batch checkpoint into (None: compute in memory only). It is started (``config.json``) if
-            needed but not marked finished (use :func:`attack_model` or ``load_or_run`` for that).
+            needed but not marked finished (use :func:`attack_model` for that).
         progress: show tqdm bars.
 
     Returns:
         :class:`SuiteResult`.
     """
-    from paperlib.attacks.checks import run_checks
-
     idx = _check_inputs(model, x, y, idx)
     if run is not None:
         run.start()
@@ -575,8 +575,6 @@ def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: A
 
 def load_suite(run) -> SuiteResult:
     """Load a suite's results back from its run (``attacks.csv``, ``best.csv``, ``checks.json``)."""
-    from paperlib.attacks.checks import Check
-
     attacks = run.read_table("attacks.csv")
     attacks["success"] = attacks["success"].astype(bool)
     best = run.read_table("best.csv")
@@ -595,17 +593,17 @@ def load_suite(run) -> SuiteResult:
 
 def attack_model(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, run, *,
                  progress: bool = True, force: bool = False) -> SuiteResult:
-    """Run or load: if ``run`` finished with the same config load it, else run the suite (resuming) and
-    mark the run finished with the summary as ``metrics.json``."""
-    from paperlib.runs import load_or_run
-
+    """Run or load (:func:`~paperlib.stages.run_or_load`): if ``run`` finished with the same config load it, else
+    run the suite (resuming) and mark the run finished with the summary as ``metrics.json``. ``run`` must be a
+    run of ``cfg`` (e.g. :func:`~paperlib.stages.stage_subrun` of the trained model's run); the result is always
+    the one read back from the run."""
     check_unit_images(x)  # the labels are checked against the model's logits when the suite runs
 
-    def compute(r) -> dict:
-        return run_attack_suite(model, x, y, idx, cfg, run=r, progress=progress).summary
+    def compute(r) -> SuiteResult:
+        return run_attack_suite(model, x, y, idx, cfg, run=r, progress=progress)
 
-    load_or_run(run, compute, force=force)
-    return load_suite(run)
+    return run_or_load(run, cfg, compute, metrics=lambda result: result.summary, load=load_suite, force=force,
+                       reload=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -759,3 +757,7 @@ def _summarize_reference(attacks: pd.DataFrame, best: pd.DataFrame, reference: p
         out[f"median_best_{nrm}"] = {"paper_suite": float(best[best["norm"] == nrm]["best"].median()),
                                      "best_of_all": float(best_all[best_all["norm"] == nrm]["best"].median())}
     return out
+
+
+#: The attack stage: sub-runs ``attack-<config hash>`` of a trained model's run.
+STAGE = register_stage(Stage("attack", AttackConfig, attack_run_name, load_suite))

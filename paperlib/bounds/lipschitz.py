@@ -58,10 +58,14 @@ from paperlib.config import (
 from paperlib.losses import LOSSES, MARGIN_L0, get_loss
 from paperlib.bounds.evt import GEVFit, estimate_supremum
 from paperlib.bounds.sampling import make_generator, perturb_in_box, sample_uniform_ball
-from paperlib.bounds.statistics import ImageStatistics, eval_mode, image_statistics, model_device
+from paperlib.bounds.adversarial import ascent_passes, ascent_residuals
+from paperlib.bounds.statistics import (ImageStatistics, dual_norm, eval_mode, image_statistics, loss_and_gradient,
+                                        model_device)
 from paperlib.norms import get_norm
+from paperlib.stages import Stage, register_stage, run_or_load
 
 __all__ = [
+    "bounds_run_name",
     "BoundConfig",
     "BoundsResult",
     "lipschitz_constant",
@@ -581,8 +585,6 @@ def ball_gradient_norms(
 
     Returns a float64 tensor ``[n, n_samples]`` (CPU). One forward and backward pass per sample.
     """
-    from paperlib.bounds.statistics import dual_norm, loss_and_gradient
-
     norm = normalize_norm(norm)
     check_positive("eps", eps)
     _check_int("n_samples", n_samples, 1)
@@ -612,8 +614,6 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
     import time
 
     from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
-
-    from paperlib.bounds.adversarial import ascent_passes, ascent_residuals
 
     loss_fn = lambda logits, labels: get_loss(cfg.loss)(logits, labels, top_k=cfg.top_k)  # noqa: E731
     cost: dict[str, dict[str, float]] = {}
@@ -916,28 +916,29 @@ def run_bounds(
     idx_t = _check_inputs(x, y, idx, cfg)
     if run is None:
         return _compute_bounds(model, x, y, idx_t, cfg, None, progress)
-    from paperlib.runs import load_or_run
 
-    if getattr(run, "hash", None) != config_hash(cfg):
-        raise ConfigError(f"run {getattr(run, 'path', run)} was made for another config than cfg; "
-                          "create it with this config (e.g. model_run.subrun(name, cfg))")
-
-    holder: dict[str, BoundsResult] = {}
-
-    def compute(r: Any) -> dict[str, Any]:
+    def compute(r: Any) -> BoundsResult:
         r.log(f"bounds: {len(idx_t)} images, norm {cfg.norm}")
         result = _compute_bounds(model, x, y, idx_t, cfg, r, progress)
         _write(r, result)
-        holder["result"] = result
-        return result.metrics
+        return result
 
-    load_or_run(run, compute, force=force)
-    result = holder.get("result") or load_bounds(run, cfg)
+    result = run_or_load(run, cfg, compute, metrics=lambda res: res.metrics, load=lambda r: load_bounds(r, cfg),
+                         force=force)
     if not np.array_equal(result.table["image"].to_numpy(), idx_t.numpy()):
         raise ConfigError(f"{run.path} holds bounds for other images than the ones given; use force to recompute")
     return result
 
 
+def bounds_run_name(cfg: BoundConfig) -> str:
+    """The sub-run name of the bounds inside a trained model's run: ``bounds-<norm>``."""
+    return f"bounds-{cfg.norm}"
+
+
 def bound_config_from_dict(data: dict[str, Any]) -> BoundConfig:
     """Rebuild a :class:`BoundConfig` from its stored dict."""
     return config_from_dict(BoundConfig, data)
+
+
+#: The bound stage: sub-runs ``bounds-<norm>`` of a trained model's run.
+STAGE = register_stage(Stage("bound", BoundConfig, bounds_run_name, load_bounds))

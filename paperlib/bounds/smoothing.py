@@ -54,8 +54,13 @@ from paperlib.config import (
 from paperlib.models import model_classes
 from paperlib.bounds.lipschitz import certified_error
 from paperlib.bounds.statistics import eval_mode, model_device
+from paperlib.evaluation import certify_grid_budgets
+from paperlib.stages import Stage, register_stage, run_or_load
 
 __all__ = [
+    "certify_run_name",
+    "certify_grid_configs",
+    "CERTIFY_NAME_N",
     "Smooth",
     "Certificate",
     "lower_confidence_bound",
@@ -522,29 +527,43 @@ def run_certify(
 
     if run is None:
         return compute(None)
-    from paperlib.runs import load_or_run
 
-    if getattr(run, "hash", None) != config_hash(cfg):
-        raise ConfigError(f"run {getattr(run, 'path', run)} was made for another config than cfg; "
-                          "create it with this config (e.g. model_run.subrun(name, cfg))")
-
-    holder: dict[str, CertifyResult] = {}
-
-    def compute_and_write(r: Any) -> dict[str, Any]:
+    def compute_and_write(r: Any) -> CertifyResult:
         r.log(f"certify: {x.shape[0]} images, sigma {cfg.sigma}, n {cfg.n}")
         result = compute(r)
         r.write_table("certify.csv", result.table)
         r.write_table("certified_error.csv", result.certified)
-        holder["result"] = result
-        return result.metrics
+        return result
 
-    load_or_run(run, compute_and_write, force=force)
-    result = holder.get("result") or load_certify(run)
+    result = run_or_load(run, cfg, compute_and_write, metrics=lambda res: res.metrics, load=load_certify,
+                         force=force)
     if not np.array_equal(result.table["image"].to_numpy(), idx_t.numpy()):
         raise ConfigError(f"{run.path} holds certificates for other images than the ones given; use force")
     return result
 
 
+#: A certify sub-run with at least this many noise samples is named ``certify-sigma<s>-n<n>``, so the
+#: certification grid sits beside the profile's quick ``certify-sigma<s>`` runs instead of replacing them.
+CERTIFY_NAME_N = 10_000
+
+
+def certify_grid_configs(profile: str) -> dict[float, CertifyConfig]:
+    """The certification grid of a profile: ``{sigma: CertifyConfig}`` for each sigma of
+    :data:`~paperlib.evaluation.CERTIFY_SIGMAS`, the profile's certify config with the grid's ``n`` and
+    ``n_images`` (the budgets: :func:`~paperlib.evaluation.certify_grid_budgets`)."""
+    return {s: CertifyConfig(**kw) for s, kw in certify_grid_budgets(profile).items()}
+
+
+def certify_run_name(cfg: CertifyConfig) -> str:
+    """The sub-run name of a certification inside a trained model's run: ``certify-sigma<sigma>``, or
+    ``certify-sigma<sigma>-n<n>`` when ``n`` is at least :data:`~paperlib.bounds.smoothing.CERTIFY_NAME_N`."""
+    return f"certify-sigma{cfg.sigma:g}" + (f"-n{cfg.n}" if cfg.n >= CERTIFY_NAME_N else "")
+
+
 def certify_config_from_dict(data: dict[str, Any]) -> CertifyConfig:
     """Rebuild a :class:`CertifyConfig` from its stored dict."""
     return config_from_dict(CertifyConfig, data)
+
+
+#: The certify stage: sub-runs ``certify-sigma<sigma>[-n<n>]`` of a trained model's run.
+STAGE = register_stage(Stage("certify", CertifyConfig, certify_run_name, load_certify))

@@ -19,7 +19,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from paperlib.config import ConfigError, parse_number
+from paperlib.config import ConfigError, check_device, check_runs_dir, parse_number
+from paperlib.options import add_config_option, add_stage_options
+from paperlib.regularizers import dual_norm, penalty_norm
+from paperlib.training.distributed import destroy_distributed, init_distributed
+from paperlib.training.engine import TrainConfig, TrainingDivergedError, train
 
 __all__ = ["add_parser", "parse_number", "config_from_args", "check_args"]
 
@@ -55,43 +59,34 @@ def add_parser(subparsers) -> None:
     g.add_argument("--no-random-start", dest="random_start", action="store_false", default=None,
                    help="PGD-AT: start at x, as the authors' code (default: Madry's random start)")
     g.add_argument("--m", type=int, default=None, help="free-AT replays per minibatch (default 8)")
-    r = p.add_argument_group("recipe (defaults from the profile)")
-    r.add_argument("--dataset", default=None)
-    r.add_argument("--model", default=None)
-    r.add_argument("--epochs", type=int, default=None)
-    r.add_argument("--batch-size", type=int, default=None, help="global batch size (split over torchrun ranks)")
-    r.add_argument("--lr", type=parse_number, default=None)
-    r.add_argument("--momentum", type=parse_number, default=None)
-    r.add_argument("--weight-decay", type=parse_number, default=None)
-    r.add_argument("--milestones", type=_milestones, default=None, help="e.g. 60,120,160")
-    r.add_argument("--lr-gamma", type=parse_number, default=None)
-    r.add_argument("--train-subset", type=int, default=None)
-    r.add_argument("--test-subset", type=int, default=None)
-    r.add_argument("--num-workers", type=int, default=None)
-    r.add_argument("--seed", type=int, default=None)
-    r.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast on CUDA")
-    r.add_argument("--channels-last", default=None, help="auto | on | off")
-    x = p.add_argument_group("execution")
+    r = p.add_argument_group("recipe (TrainConfig's fields; defaults from the profile)")
+    for name in RECIPE_OPTIONS:
+        add_config_option(r, TrainConfig, name, default_text="the profile's",
+                          type=_milestones if name == "milestones" else None)
+    x = add_stage_options(p, n_images="test images of the per-epoch clean error, the same as --test-subset "
+                                      "(default: the profile's test_subset)",
+                          force="retrain a finished run; move a stale one aside")
     x.add_argument("--runs-dir", default=None, help="run store root (default: $PAPERLIB_RUNS or ./runs)")
-    x.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: CUDA if available)")
-    x.add_argument("--force", action="store_true", help="retrain a finished run; move a stale one aside")
     x.add_argument("--no-resume", dest="resume", action="store_false", help="ignore a partial run's checkpoint")
-    x.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run_train)
 
 
+#: the recipe fields of TrainConfig, one option each (made from the field)
+RECIPE_OPTIONS = ("dataset", "model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
+                  "lr_gamma", "train_subset", "test_subset", "num_workers", "seed", "amp", "channels_last")
 _CONFIG_ARGS = ("penalty", "norm", "lam", "h", "scheme", "scale", "bn_guard", "eps", "steps", "step_size",
-                "random_start", "m", "dataset", "model", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                "milestones", "lr_gamma", "train_subset", "test_subset", "num_workers", "seed", "amp",
-                "channels_last")
+                "random_start", "m") + RECIPE_OPTIONS
 
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`~paperlib.training.TrainConfig` an argument namespace describes."""
-    from paperlib.regularizers import dual_norm, penalty_norm
-    from paperlib.training import TrainConfig
-
     overrides = {k: getattr(args, k) for k in _CONFIG_ARGS if getattr(args, k, None) is not None}
+    n_images = getattr(args, "n_images", None)
+    if n_images is not None:
+        if overrides.get("test_subset", n_images) != n_images:
+            raise ConfigError(f"--n-images {n_images} and --test-subset {overrides['test_subset']} disagree; "
+                              "they are the same option, give one of them")
+        overrides["test_subset"] = n_images
     method = args.method
     if method in ("fd", "dbp"):
         if overrides.get("penalty", method) != method:
@@ -118,8 +113,6 @@ def check_args(args: argparse.Namespace, cfg) -> None:
     """What the command line checks beyond the config itself (which checks subsets against the dataset's
     splits and linf radii <= 1), before anything runs: a ``--device`` this machine has and a usable
     ``--runs-dir`` (the rules of :mod:`paperlib.config`)."""
-    from paperlib.config import check_device, check_runs_dir
-
     if args.device is not None:
         check_device(args.device, "--device")
     if args.runs_dir is not None:
@@ -127,9 +120,6 @@ def check_args(args: argparse.Namespace, cfg) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from paperlib.training import TrainingDivergedError, train
-    from paperlib.training.distributed import destroy_distributed, init_distributed
-
     cfg = config_from_args(args)
     check_args(args, cfg)
     env = init_distributed(args.device)

@@ -22,8 +22,8 @@ percent, total training hours, ...). :func:`load_trained` gives back ``(model in
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +45,11 @@ from paperlib.config import (
     get_profile,
     normalize_norm,
 )
-from paperlib.models import architecture_fingerprint
+from paperlib.data import DATASETS, check_split_count, dataset_info, load_dataset, make_loader, subset
+from paperlib.models import architecture_fingerprint, build_model, model_names
 from paperlib.regularizers import FD_SCHEMES, PENALTY_METHODS, SCALES, penalty_norm
+from paperlib.runs import Run, RunCorruptError, StaleRunError
+from paperlib.stages import Stage, register_stage, run_or_load, stage_run
 from paperlib.training.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -198,9 +201,6 @@ class TrainConfig:
         return cls(**base)
 
     def __post_init__(self) -> None:
-        from paperlib.data import DATASETS, dataset_info
-        from paperlib.models import model_names
-
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
         check_choice("profile", self.profile, PROFILES)
         check_choice("dataset", self.dataset, DATASETS)
@@ -221,8 +221,6 @@ class TrainConfig:
             _check_int("milestone", mst, 1)
         if list(self.milestones) != sorted(set(self.milestones)):
             raise ConfigError(f"milestones={self.milestones!r} must be strictly increasing")
-        from paperlib.data import check_split_count
-
         for name, split in (("train_subset", "train"), ("test_subset", "test")):
             if getattr(self, name) is not None:
                 check_split_count(name, getattr(self, name), self.dataset, split)
@@ -393,8 +391,6 @@ def run_name(cfg: TrainConfig) -> str:
 def evaluate(model: nn.Module, dataset, *, batch_size: int = 500, device: torch.device | str = "cpu",
              num_workers: int = 0, channels_last: bool = False) -> dict[str, float]:
     """Clean loss and top-1 error of ``model`` (eval mode) on ``dataset``: ``{'loss', 'error_pct', 'n'}``."""
-    from paperlib.data import make_loader
-
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -428,29 +424,11 @@ def _sync(device: torch.device) -> None:
 
 
 def _build(cfg: TrainConfig) -> nn.Module:
-    from paperlib.data import dataset_info
-    from paperlib.models import build_model
-
     info = dataset_info(cfg.dataset)
     kwargs: dict[str, Any] = {}
     if cfg.model == "linear":
         kwargs["in_shape"] = tuple(info.shape)
     return build_model(cfg.model, num_classes=info.num_classes, **kwargs)
-
-
-def _resolve_run(cfg: TrainConfig, store_or_run):
-    from paperlib.runs import Run, RunStore
-
-    if isinstance(store_or_run, Run):
-        if store_or_run.hash != config_hash(cfg):
-            raise ConfigError(f"run {store_or_run.path} was made for another config (hash {store_or_run.hash}, "
-                              f"this one {config_hash(cfg)}); pass the RunStore instead, or a run of this config")
-        return store_or_run
-    if isinstance(store_or_run, RunStore):
-        return store_or_run.run(cfg.profile, run_name(cfg), cfg)
-    if isinstance(store_or_run, (str, os.PathLike)) or store_or_run is None:
-        return RunStore(store_or_run).run(cfg.profile, run_name(cfg), cfg)
-    raise TypeError(f"expected a RunStore, a Run or a runs directory, got {type(store_or_run).__name__}")
 
 
 def train(cfg: TrainConfig, store_or_run=None, *, resume: bool = True, progress: bool = True,
@@ -472,10 +450,8 @@ def train(cfg: TrainConfig, store_or_run=None, *, resume: bool = True, progress:
     0 writes. Raises :class:`TrainingDivergedError` on a non-finite loss (epoch and step named; the last
     checkpoint is kept) and :class:`~paperlib.runs.StaleRunError` if the directory holds another config.
     """
-    from paperlib.runs import StaleRunError, load_or_run
-
     env = init_distributed(device)
-    run = _resolve_run(cfg, store_or_run)
+    run = stage_run(store_or_run, cfg)
     status = run.status
     barrier(env)
     if status == "finished" and not force:
@@ -491,14 +467,13 @@ def train(cfg: TrainConfig, store_or_run=None, *, resume: bool = True, progress:
         return _train_loop(cfg, r, env, resume=resume, progress=progress)
 
     if env.is_main:
-        return load_or_run(run, work, force=force, wait=wait)
+        return run_or_load(run, cfg, work, metrics=lambda metrics: metrics, load=lambda r: r, force=force,
+                           wait=wait, reload=True)
     work(run)
     return run
 
 
 def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: bool) -> dict[str, Any]:
-    from paperlib.data import load_dataset, make_loader, subset
-
     barrier(env)  # rank 0 has written config.json (or moved a stale run aside)
     device = env.device
     use_amp = cfg.amp and device.type == "cuda"
@@ -526,8 +501,6 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
     ckpt = run.load_checkpoint() if resume else None
     if ckpt is not None:
         if ckpt.get("config_hash") != run.hash:
-            from paperlib.runs import StaleRunError
-
             raise StaleRunError(f"{run.path / 'checkpoint.pt'} is a checkpoint of another configuration (hash "
                                 f"{ckpt.get('config_hash')}, this run {run.hash}); retrain with --force (or "
                                 "--no-resume)")
@@ -679,8 +652,6 @@ DIVERGED_LOSS_FACTOR = 10.0
 
 
 def _num_classes(cfg: TrainConfig) -> int:
-    from paperlib.data import dataset_info
-
     return dataset_info(cfg.dataset).num_classes
 
 
@@ -734,14 +705,10 @@ def load_trained(run_or_path, *, device: str | torch.device = "cpu") -> tuple[nn
         run_or_path: a :class:`~paperlib.runs.Run` or the path of its directory.
         device: where to put the model.
     """
-    from paperlib.runs import Run, RunCorruptError
-
     path = Path(run_or_path.path if isinstance(run_or_path, Run) else run_or_path)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise ConfigError(f"{path} is not a run directory (no config.json)")
-    import json
-
     try:
         stored = json.loads(cfg_file.read_text())
     except ValueError as exc:
@@ -755,3 +722,8 @@ def load_trained(run_or_path, *, device: str | torch.device = "cpu") -> tuple[nn
     model = _build(cfg)
     model.load_state_dict(run.load_weights(architecture=architecture_fingerprint(model)))
     return model.to(device).eval(), cfg
+
+
+#: The training stage: runs ``<profile>/<run name>`` of the store (:func:`run_name`), read back by
+#: :func:`load_trained`.
+STAGE = register_stage(Stage("train", TrainConfig, run_name, load_trained, nested=False))
