@@ -59,16 +59,23 @@ def images(n: int = 5, seed: int = 1) -> torch.Tensor:
     return torch.rand(n, 1, 8, 8, generator=g, dtype=torch.float64)
 
 
-@pytest.fixture(scope="module")
-def batch_results():
+def contract_batch() -> tuple[TinyCNN, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(model, x, a copy of x, y)`` for the contract checks: a TinyCNN left in train mode with its mode record
+    cleared, five images, labels the model predicts except image 4's (misclassified from the start)."""
     model = TinyCNN()
     x = images()
     with torch.no_grad():
         y = model(x).argmax(1)
-    y[4] = (y[4] + 1) % 4  # image 4 is misclassified from the start
+    y[4] = (y[4] + 1) % 4
     x_before = x.clone()
     model.train()
     model.modes.clear()
+    return model, x, x_before, y
+
+
+@pytest.fixture(scope="module")
+def batch_results():
+    model, x, x_before, y = contract_batch()
     out = {name: atk(model, x, y, seed=3) for name, atk in small_attacks().items()}
     return model, x, x_before, y, out
 

@@ -34,7 +34,7 @@ from paperlib.attacks import (
 from paperlib.attacks.suite import AttackConfig, reference_cross_check, run_attack_suite
 from paperlib.config import ConfigError, config_hash, config_to_dict
 from tests.conftest import requires_fmnist
-from tests.test_attacks_contract import TinyCNN, images
+from tests.test_attacks_contract import TinyCNN, contract_batch, images
 from tests.test_attacks_exact import linear_problem
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -61,14 +61,7 @@ def _call(atk, eps, model, x, y, **kw):
 
 @pytest.fixture(scope="module")
 def batch_results():
-    model = TinyCNN()
-    x = images()
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    y[4] = (y[4] + 1) % 4  # misclassified from the start
-    x_before = x.clone()
-    model.train()
-    model.modes.clear()
+    model, x, x_before, y = contract_batch()
     rng_before = torch.random.get_rng_state()
     out = {name: _call(atk, eps, model, x, y, seed=3) for name, (atk, eps) in small_references().items()}
     rng_after = torch.random.get_rng_state()

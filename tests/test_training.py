@@ -318,3 +318,37 @@ def test_cli_train_writes_a_run_and_reports_bad_input_in_one_line(tmp_path, caps
     assert main(["train", "--profile", "smoke", "--method", "pgd-at", "--eps", "8/255", "--epochs", "0",
                  "--runs-dir", str(tmp_path)]) == 2
     assert "epochs=0" in capsys.readouterr().err
+
+
+# Free AT with the 'steps' schedule is evaluated once per replay-epoch, like the other methods per epoch, so the
+# grid's plateau rule reads the same scale for every row (before, m = 8 over 16 replay-epochs logged two rows).
+
+
+def test_free_at_in_replay_epochs_logs_one_row_per_replay_epoch(tmp_path):
+    # 256 images / batch 32 = 8 minibatches per pass; m = 4 replays -> a replay-epoch every 2 minibatches,
+    # 6 replay-epochs = 12 minibatches = one full pass and half a pass.
+    cfg = tiny(method="free-at", m=4, free_schedule="steps", train_subset=256, batch_size=32, epochs=6,
+               milestones=(4,))
+    store = RunStore(tmp_path)
+    run = train(cfg, store, progress=False)
+    out = run.read_json("metrics.json")
+    log = run.read_table("train_log.csv")
+    assert list(log["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert list(log["pass"]) == [1, 1, 1, 1, 2, 2]
+    assert list(log["steps"]) == [8] * 6  # 2 minibatches x 4 replays since the previous row
+    assert log["test_error_pct"].notna().all()
+    # The schedule in replay-epochs: milestone 4 -> the learning rate drops after the 4th replay-epoch.
+    assert log["lr"].iloc[3] == pytest.approx(cfg.lr) and log["lr"].iloc[4] == pytest.approx(cfg.lr * cfg.lr_gamma)
+    assert out["clean_error_pct"] == pytest.approx(log["test_error_pct"].iloc[-1])
+    assert out["epochs"] == 2  # passes over the data
+    assert out["train_seconds"] == pytest.approx(log["train_seconds"].sum(), rel=1e-9)
+
+
+def test_the_other_methods_still_log_one_row_per_epoch(tmp_path):
+    for kw in (dict(method="undefended"), dict(method="free-at", m=2)):
+        cfg = tiny(train_subset=256, batch_size=32, epochs=4, milestones=(4,), **kw)
+        store = RunStore(tmp_path / kw["method"])
+        train(cfg, store, progress=False)
+        log = store.run(cfg.profile, run_name(cfg), cfg).read_table("train_log.csv")
+        passes = 4 if kw["method"] == "undefended" else 2
+        assert list(log["epoch"]) == list(range(1, passes + 1)) and "pass" not in log.columns

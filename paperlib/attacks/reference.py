@@ -165,7 +165,27 @@ class FABAttack(MinimizationAttack):
         return _per_image(x, _image_seeds(noise, rows), one), None
 
 
-class FMNAttack(MinimizationAttack):
+class _FoolboxMinimumNorm(MinimizationAttack):
+    """A foolbox 3 minimum-norm attack (``epsilons=None``), one image per call at its own seed."""
+
+    def _foolbox_attack(self, fb):
+        raise NotImplementedError
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
+                **kwargs) -> tuple[Tensor, Optional[Tensor]]:
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
+        atk = self._foolbox_attack(fb)
+
+        def one(i: int, seed: int) -> Tensor:
+            _, clipped, _ = atk(fmodel, x[i:i + 1], fb.criteria.Misclassification(y[i:i + 1]), epsilons=None)
+            return clipped
+
+        return _per_image(x, _image_seeds(noise, rows), one), None
+
+
+class FMNAttack(_FoolboxMinimumNorm):
     """Fast Minimum-Norm attack in linf (Pintor et al. 2021), foolbox 3.3.4's ``LInfFMNAttack`` as shipped.
 
     linf only. foolbox's ``L2FMNAttack`` is not used: its projection onto the eps-ball is a no-op (see the
@@ -195,21 +215,11 @@ class FMNAttack(MinimizationAttack):
         check_positive("gamma", gamma)
         self.max_stepsize, self.gamma = float(max_stepsize), float(gamma)
 
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
-                **kwargs) -> tuple[Tensor, Optional[Tensor]]:
-        import foolbox as fb
-
-        fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
-        atk = fb.attacks.LInfFMNAttack(steps=self.steps, max_stepsize=self.max_stepsize, gamma=self.gamma)
-
-        def one(i: int, seed: int) -> Tensor:
-            _, clipped, _ = atk(fmodel, x[i:i + 1], fb.criteria.Misclassification(y[i:i + 1]), epsilons=None)
-            return clipped
-
-        return _per_image(x, _image_seeds(noise, rows), one), None
+    def _foolbox_attack(self, fb):
+        return fb.attacks.LInfFMNAttack(steps=self.steps, max_stepsize=self.max_stepsize, gamma=self.gamma)
 
 
-class DDNAttack(MinimizationAttack):
+class DDNAttack(_FoolboxMinimumNorm):
     """Decoupled Direction and Norm attack in l2 (Rony et al. 2019), foolbox 3.3.4's ``DDNAttack``.
 
     Args:
@@ -232,18 +242,8 @@ class DDNAttack(MinimizationAttack):
         check_positive("gamma", gamma)
         self.init_epsilon, self.gamma = float(init_epsilon), float(gamma)
 
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
-                **kwargs) -> tuple[Tensor, Optional[Tensor]]:
-        import foolbox as fb
-
-        fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
-        atk = fb.attacks.DDNAttack(steps=self.steps, init_epsilon=self.init_epsilon, gamma=self.gamma)
-
-        def one(i: int, seed: int) -> Tensor:
-            _, clipped, _ = atk(fmodel, x[i:i + 1], fb.criteria.Misclassification(y[i:i + 1]), epsilons=None)
-            return clipped
-
-        return _per_image(x, _image_seeds(noise, rows), one), None
+    def _foolbox_attack(self, fb):
+        return fb.attacks.DDNAttack(steps=self.steps, init_epsilon=self.init_epsilon, gamma=self.gamma)
 
 
 class _FixedEpsLibraryAttack(FixedEpsilonAttack):
