@@ -70,6 +70,7 @@ __all__ = [
     "error_curve",
     "summarize",
     "PassCounter",
+    "CHEAP_BUDGETS",
 ]
 
 #: the suite's attacks, in the order they run
@@ -124,6 +125,22 @@ class AttackConfig:
             ``f``: it also fails when more than ``f`` of the re-attacked images improve their best distance by
             more than ``convergence_tol`` with the doubled budgets (see
             :func:`~paperlib.attacks.checks.check_convergence`).
+        pgd_search_tol: per-image early stopping of MinimalPGD's bisection (its ``search_tol``; 0: off, the
+            committed runs): an image leaves once its bracket is narrower than this fraction of its radius.
+        pgd_growth: MinimalPGD's ``growth``, the factor by which its trial radius grows until PGD succeeds
+            (1.5, the committed runs); a larger factor fails fewer trials before the bracket is found.
+        pgd_patience: MinimalPGD's per-image early stopping inside a trial radius (its ``patience``, in steps;
+            0: off): an image whose loss stalled gives up at that radius.
+        cw_patience: Carlini-Wagner's per-image early stopping (its ``patience``, in binary steps; 0: off).
+        logbarrier_patience: LogBarrier's per-image early stopping (its ``patience``, in outer loops; 0: off).
+        boundary_patience: the Boundary attack's per-image early stopping (its ``patience``, in steps; 0: off).
+        early_stop_tol: the relative improvement over a patience window below which an image leaves its
+            attack (1e-3; used by the four patience fields).
+        boundary_every: the Boundary attack runs on every k-th image of the draw only (positions 0, k, 2k, ...;
+            1: every image, the committed runs); the other images get no Boundary row. The gradient-masking
+            check compares the images it ran on.
+
+    :meth:`cheap` is the recommended configuration for the grid evaluation (:data:`CHEAP_BUDGETS`).
 
     The fields from ``pgd_loss`` on were added after runs were stored: at their defaults they are left out of
     the hash (``OMIT_AT_DEFAULT``), so the stored runs keep their names and the defaults reproduce them.
@@ -157,6 +174,14 @@ class AttackConfig:
     boundary_diff_mask: bool = field(default=False, metadata={OMIT_AT_DEFAULT: True})
     boundary_initial_step: float = field(default=1e-2, metadata={OMIT_AT_DEFAULT: True})
     convergence_tail: Optional[float] = field(default=None, metadata={OMIT_AT_DEFAULT: True})
+    pgd_search_tol: float = field(default=0.0, metadata={OMIT_AT_DEFAULT: True})
+    pgd_growth: float = field(default=1.5, metadata={OMIT_AT_DEFAULT: True})
+    pgd_patience: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
+    cw_patience: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
+    logbarrier_patience: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
+    boundary_patience: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
+    early_stop_tol: float = field(default=1e-3, metadata={OMIT_AT_DEFAULT: True})
+    boundary_every: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         attacks = tuple(self.attacks) if not isinstance(self.attacks, str) else (self.attacks,)
@@ -210,6 +235,25 @@ class AttackConfig:
         t = self.convergence_tail
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < 1):
             raise ConfigError(f"convergence_tail={t!r} must be None or a fraction in [0, 1)")
+        for name in ("pgd_search_tol", "early_stop_tol"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ConfigError(f"{name}={v!r} must be a number in [0, 1)")
+        g = self.pgd_growth
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 1:
+            raise ConfigError(f"pgd_growth={g!r} must be a number > 1")
+        for name in ("pgd_patience", "cw_patience", "logbarrier_patience", "boundary_patience", "boundary_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name}={v!r} must be an integer")
+            (check_positive if name == "boundary_every" else check_nonnegative)(name, v)
+
+    @classmethod
+    def cheap(cls, **overrides: Any) -> "AttackConfig":
+        """The recommended configuration for the grid evaluation: :data:`CHEAP_BUDGETS` (per-image early
+        stopping in every attack and the budgets chosen by the convergence check, see
+        ``benchmarks/bench_attack_budget.py``), with ``overrides`` (any field, e.g. ``n_images``) on top."""
+        return cls(**{**CHEAP_BUDGETS, **overrides})
 
     def jobs(self) -> list[tuple[str, str]]:
         """The (attack, norm) pairs the suite runs, in order."""
@@ -222,29 +266,50 @@ class AttackConfig:
         return out
 
     def scaled(self, factor: int) -> "AttackConfig":
-        """The same config with every iteration budget multiplied by ``factor``."""
+        """The same config with every iteration budget multiplied by ``factor``; the early-stopping
+        patience windows grow and the tolerances shrink by the same factor (0 stays 0: off)."""
+        stopping = self.pgd_patience or self.cw_patience or self.logbarrier_patience or self.boundary_patience
         return dataclasses.replace(
             self, pgd_steps=self.pgd_steps * factor, cw_steps=self.cw_steps * factor,
             boundary_steps=self.boundary_steps * factor, logbarrier_inner=self.logbarrier_inner * factor,
-            logbarrier_outer=self.logbarrier_outer * factor if factor > 1 else self.logbarrier_outer)
+            logbarrier_outer=self.logbarrier_outer * factor if factor > 1 else self.logbarrier_outer,
+            pgd_search_tol=self.pgd_search_tol / factor, pgd_patience=self.pgd_patience * factor,
+            cw_patience=self.cw_patience * factor,
+            logbarrier_patience=self.logbarrier_patience * factor,
+            boundary_patience=self.boundary_patience * factor, early_stop_tol=self.early_stop_tol / factor if stopping else self.early_stop_tol)
 
     def build(self, attack: str, norm: str) -> Attack:
         """The attack object for one job."""
         if attack == "pgd":
-            return MinimalPGD(norm=norm, steps=self.pgd_steps, search_steps=self.pgd_search_steps, loss=self.pgd_loss)
+            return MinimalPGD(norm=norm, steps=self.pgd_steps, search_steps=self.pgd_search_steps, loss=self.pgd_loss,
+                              growth=float(self.pgd_growth), search_tol=self.pgd_search_tol, patience=self.pgd_patience, tol=self.early_stop_tol)
         if attack == "cw":
             return CarliniWagnerL2(steps=self.cw_steps, binary_search_steps=self.cw_binary_search_steps,
-                                   squeeze=self.cw_squeeze)
+                                   squeeze=self.cw_squeeze, patience=self.cw_patience, tol=self.early_stop_tol)
         if attack == "boundary":
             return BoundaryAttack(steps=self.boundary_steps, init_starts=self.boundary_init_starts,
                                   sph_window=self.boundary_sph_window, step_window=self.boundary_step_window,
                                   update_stats_every_k=self.boundary_update_every, diff_mask=self.boundary_diff_mask,
                                   spherical_step=float(self.boundary_initial_step),
-                                  source_step=float(self.boundary_initial_step))
+                                  source_step=float(self.boundary_initial_step),
+                                  patience=self.boundary_patience, tol=self.early_stop_tol)
         if attack == "logbarrier":
             return LogBarrierAttack(norm=norm, max_outer=self.logbarrier_outer, max_inner=self.logbarrier_inner,
-                                    linf_step=self.logbarrier_linf_step, refine_steps=self.logbarrier_refine_steps)
+                                    linf_step=self.logbarrier_linf_step, refine_steps=self.logbarrier_refine_steps,
+                                    patience=self.logbarrier_patience, tol_stop=self.early_stop_tol)
         raise ConfigError(f"attack={attack!r} is not allowed; choose one of {', '.join(ATTACKS)}")
+
+
+#: The recommended attack budgets for the grid evaluation (:meth:`AttackConfig.cheap`), chosen with
+#: ``benchmarks/bench_attack_budget.py`` on runs/fmnist/undefended and runs/fmnist/fd-l2-lam1-h0.01
+#: (record: benchmarks/records/attack_budget.json).
+CHEAP_BUDGETS: dict[str, Any] = dict(
+    batch_size=100, pgd_steps=40, pgd_search_steps=12, pgd_search_tol=2e-3,
+    cw_steps=200, cw_binary_search_steps=6, cw_patience=1,
+    boundary_steps=1500, boundary_patience=100, boundary_every=4,
+    logbarrier_outer=10, logbarrier_inner=60, logbarrier_patience=1,
+    early_stop_tol=1e-3, convergence_n=50, convergence_tail=0.05,
+)
 
 
 def attack_run_name(cfg: AttackConfig) -> str:
@@ -419,20 +484,24 @@ def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: At
         xb, yb, ib = x[s:s + cfg.batch_size], y[s:s + cfg.batch_size], idx[s:s + cfg.batch_size]
         for attack_name, norm in jobs:
             atk = cfg.build(attack_name, norm)
+            xj, yj, ij = xb, yb, ib
+            if attack_name == "boundary" and cfg.boundary_every > 1:  # every k-th image of the whole draw
+                on = torch.arange(s, s + len(xb)) % cfg.boundary_every == 0
+                xj, yj, ij = xb[on], yb[on], ib[on]
             counted.reset()
             t0 = time.perf_counter()
-            res = atk(counted, xb, yb, seed=cfg.seed, keys=ib)
+            res = atk(counted, xj, yj, seed=cfg.seed, keys=ij)
             dt = time.perf_counter() - t0
             fwd, bwd = counted.reset()
             key = f"{attack_name}-{norm}"
             state["seconds"][key] = state["seconds"].get(key, 0.0) + dt
             prev_passes = state["passes"].get(key, [0, 0])
             state["passes"][key] = [prev_passes[0] + fwd, prev_passes[1] + bwd]
-            st = _job_stats(res, xb)
+            st = _job_stats(res, xj)
             prev = state["stats"].get(key, {})
             state["stats"][key] = {k: max(v, prev.get(k, 0.0)) for k, v in st.items()}
             state["rows"].extend(zip(
-                ib.tolist(), yb.tolist(), [attack_name] * len(yb), [norm] * len(yb), res.success.tolist(),
+                ij.tolist(), yj.tolist(), [attack_name] * len(yj), [norm] * len(yj), res.success.tolist(),
                 res.dist_l2.tolist(), res.dist_linf.tolist()))
             bar.update(1)
         state["batches_done"] = b + 1
