@@ -59,8 +59,8 @@ def stopping_attacks(budget: int = 1):
         "pgd-linf": MinimalPGD(norm="linf", steps=8, search_steps=10 * budget, search_tol=1e-2),
         "pgd-linf-stall": MinimalPGD(norm="linf", steps=8, search_steps=10 * budget, search_tol=1e-2, patience=2),
         "cw": CarliniWagnerL2(steps=60, binary_search_steps=10 * budget, patience=1, squeeze=0.1),
-        "logbarrier-l2": LogBarrierAttack(norm="l2", max_outer=40 * budget, max_inner=20, patience=1),
-        "logbarrier-linf": LogBarrierAttack(norm="linf", max_outer=40 * budget, max_inner=20, patience=1,
+        "logbarrier-l2": LogBarrierAttack(norm="l2", max_outer=40 * budget, max_inner=20, patience=5),
+        "logbarrier-linf": LogBarrierAttack(norm="linf", max_outer=40 * budget, max_inner=20, patience=5,
                                             linf_step="box"),
         "boundary": BoundaryAttack(steps=2000 * budget, init_steps=20, patience=100, tol=1e-2),
     }
@@ -149,14 +149,16 @@ def test_early_stopping_is_off_by_default_and_the_committed_hash_is_kept():
         atk = cfg.build(attack, norm)
         assert getattr(atk, "search_tol", 0.0) == 0.0 and getattr(atk, "patience", 0) == 0
     for change in (dict(pgd_search_tol=1e-3), dict(pgd_patience=5), dict(cw_patience=1), dict(logbarrier_patience=1),
-                   dict(boundary_patience=100), dict(early_stop_tol=1e-2), dict(boundary_every=4)):
+                   dict(boundary_patience=100), dict(early_stop_tol=1e-2), dict(boundary_every=4),
+                   dict(pgd_growth=2.0), dict(logbarrier_init_growth=1.1), dict(logbarrier_linf_inner=10)):
         assert config_hash(dataclasses.replace(cfg, **change)) != committed["hash"]
 
 
 def test_early_stopping_fields_are_validated_and_reach_the_attacks():
     for bad in (dict(pgd_search_tol=-0.1), dict(pgd_search_tol=1.0), dict(early_stop_tol=True),
                 dict(cw_patience=-1), dict(pgd_patience=-2), dict(logbarrier_patience=1.5), dict(boundary_patience="10"),
-                dict(boundary_every=0)):
+                dict(boundary_every=0), dict(pgd_growth=1.0), dict(logbarrier_init_growth=0.9),
+                dict(logbarrier_linf_inner=-1)):
         with pytest.raises(ConfigError):
             AttackConfig(**bad)
     with pytest.raises(ConfigError, match="search_tol"):
@@ -167,6 +169,11 @@ def test_early_stopping_fields_are_validated_and_reach_the_attacks():
     assert cfg.build("pgd", "linf").patience == cfg.pgd_patience and cfg.build("pgd", "l2").tol == cfg.early_stop_tol
     assert cfg.build("cw", "l2").patience == cfg.cw_patience and cfg.build("cw", "l2").tol == cfg.early_stop_tol
     assert cfg.build("logbarrier", "linf").patience == cfg.logbarrier_patience
+    assert cfg.build("pgd", "l2").growth == cfg.pgd_growth
+    assert cfg.build("logbarrier", "l2").init_growth == cfg.logbarrier_init_growth
+    lb2, lbinf = cfg.build("logbarrier", "l2"), cfg.build("logbarrier", "linf")
+    assert (lb2.max_outer, lb2.max_inner) == (cfg.logbarrier_outer, cfg.logbarrier_inner)
+    assert (lbinf.max_outer, lbinf.max_inner) == (cfg.logbarrier_linf_outer, cfg.logbarrier_linf_inner)
     assert cfg.build("boundary", "l2").patience == cfg.boundary_patience
     doubled = cfg.scaled(2)
     assert doubled.pgd_search_tol == cfg.pgd_search_tol / 2 and doubled.early_stop_tol == cfg.early_stop_tol / 2
@@ -199,20 +206,23 @@ def test_boundary_subsample_is_every_kth_image_of_the_draw_whatever_the_batch():
     assert rows[0]["dist_l2"].tolist() == rows[1]["dist_l2"].tolist()
 
 
-# The cheap config on the 8x8 linear model: measured 1,159 passes per image for the whole suite (both norms),
-# against 7,446 with today's fmnist budgets; the bound below leaves room for platform noise in the counts.
-CHEAP_TINY_BOUND = 1500
+# The cheap config on the 8x8 linear model (8 images): measured 2,972 model passes per image for the whole suite
+# (both norms, forward + backward), against 9,122 with today's fmnist budgets, at median best distances within
+# 0.1 % of today's; the bound leaves room for platform differences in where an attack stops.
+CHEAP_TINY_BOUND = 3500
 
 
-def test_cheap_config_stays_below_its_pass_bound_and_today_does_not():
+def test_cheap_config_stays_below_its_pass_bound_at_todays_median_distances():
     from paperlib.reproduce import evaluation_configs
 
     model, x, y, idx = _linear_suite_inputs(8)
-    totals = {}
+    totals, medians = {}, {}
     for label, cfg in (("cheap", AttackConfig.cheap(n_images=8, convergence_n=0)),
                        ("today", dataclasses.replace(evaluation_configs("fmnist")["attack"], n_images=8,
                                                      batch_size=8, convergence_n=0))):
         s = run_attack_suite(model, x, y, idx, cfg, progress=False).summary
         totals[label] = sum(j["forward_passes_per_image"] + j["backward_passes_per_image"] for j in s["jobs"].values())
-        totals[label + "_best"] = (s["median_best_l2"], s["median_best_linf"])
-    assert totals["cheap"] <= CHEAP_TINY_BOUND < totals["today"], totals
+        medians[label] = (s["median_best_l2"], s["median_best_linf"])
+    assert totals["cheap"] <= CHEAP_TINY_BOUND and totals["today"] > 2 * totals["cheap"], totals
+    for cheap, today in zip(medians["cheap"], medians["today"]):
+        assert cheap <= 1.01 * today, medians

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from paperlib.attacks.base import ImageNoise, MinimizationAttack
-from paperlib.config import check_choice, check_nonnegative, check_positive, check_probability, normalize_norm
+from paperlib.config import ConfigError, check_choice, check_nonnegative, check_positive, check_probability, normalize_norm
 
 __all__ = ["LogBarrierAttack", "gaussian_noise_start"]
 
@@ -104,6 +104,9 @@ class LogBarrierAttack(MinimizationAttack):
         max_backtrack: halvings before an iterate is reset to the previous one (60; ``0.5^60`` is below
             float64 resolution, so this is the authors' unbounded loop made safe).
         init_max_iters: noise sizes tried for the starting point (1000; the largest is 1.01^1000*0.01 = 209).
+        init_growth: the factor between successive noise sizes of the starting point (1.01, the authors'; not
+            in the paper otherwise): each size costs a forward pass, and on Fashion-MNIST about 460 sizes are
+            tried before the noise misclassifies, so 1.1 (about 50) saves most of the attack's cheap budget.
         linf_step: 'smooth' (the authors' smooth-max gradient step) or 'box' (see the module docstring).
         refine_steps: bisections on the segment image -> best adversarial after the loops (0: none).
         patience: per-image early stopping window in inner steps (0: off; see the module docstring).
@@ -117,7 +120,7 @@ class LogBarrierAttack(MinimizationAttack):
                  gamma: float = 0.5, max_outer: int = 15, max_inner: int = 500, tol: float = 1e-6,
                  T: float = 500.0, max_backtrack: int = 60, init_max_iters: int = 1000,
                  linf_step: str = "smooth", refine_steps: int = 0, patience: int = 0,
-                 tol_stop: float = 1e-3) -> None:
+                 tol_stop: float = 1e-3, init_growth: float = 1.01) -> None:
         self.norm = normalize_norm(norm)
         self.dt = float(check_positive("dt", dt))
         self.alpha = float(check_positive("alpha", alpha))
@@ -133,6 +136,9 @@ class LogBarrierAttack(MinimizationAttack):
         self.refine_steps = int(check_nonnegative("refine_steps", refine_steps))
         self.patience = int(check_nonnegative("patience", patience))
         self.tol_stop = float(check_nonnegative("tol_stop", tol_stop))
+        self.init_growth = float(check_positive("init_growth", init_growth))
+        if self.init_growth <= 1:
+            raise ConfigError(f"init_growth={init_growth!r} must be > 1")
 
     def _dist(self, delta: Tensor) -> Tensor:
         flat = delta.flatten(1)
@@ -140,7 +146,8 @@ class LogBarrierAttack(MinimizationAttack):
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
                 **_: object) -> tuple[Tensor, Optional[Tensor]]:
-        xpert, found = gaussian_noise_start(model, x, y, noise, rows, max_iters=self.init_max_iters)
+        xpert, found = gaussian_noise_start(model, x, y, noise, rows, max_iters=self.init_max_iters,
+                                            growth=self.init_growth)
         best = xpert.clone()
         best_d = torch.where(found, self._dist(xpert - x).to(torch.float64),
                              torch.full((len(x),), float("inf"), dtype=torch.float64, device=x.device))
