@@ -156,7 +156,8 @@ def test_early_stopping_is_off_by_default_and_the_committed_hash_is_kept():
 
 def test_early_stopping_fields_are_validated_and_reach_the_attacks():
     for bad in (dict(pgd_search_tol=-0.1), dict(pgd_search_tol=1.0), dict(early_stop_tol=True),
-                dict(cw_patience=-1), dict(pgd_patience=-2), dict(logbarrier_patience=1.5), dict(boundary_patience="10"),
+                dict(cw_patience=-1), dict(pgd_patience=-2), dict(logbarrier_patience=1.5),
+                dict(boundary_patience="10"),
                 dict(boundary_every=0), dict(pgd_growth=1.0), dict(logbarrier_init_growth=0.9),
                 dict(logbarrier_linf_inner=-1)):
         with pytest.raises(ConfigError):
@@ -221,7 +222,8 @@ def test_cheap_config_stays_below_its_pass_bound_at_todays_median_distances():
                        ("today", dataclasses.replace(evaluation_configs("fmnist")["attack"], n_images=8,
                                                      batch_size=8, convergence_n=0))):
         s = run_attack_suite(model, x, y, idx, cfg, progress=False).summary
-        totals[label] = sum(j["forward_passes_per_image"] + j["backward_passes_per_image"] for j in s["jobs"].values())
+        totals[label] = sum(j["forward_passes_per_image"] + j["backward_passes_per_image"]
+                            for j in s["jobs"].values())
         medians[label] = (s["median_best_l2"], s["median_best_linf"])
     assert totals["cheap"] <= CHEAP_TINY_BOUND and totals["today"] > 2 * totals["cheap"], totals
     for cheap, today in zip(medians["cheap"], medians["today"]):

@@ -199,7 +199,7 @@ class MinimalPGD(MinimizationAttack):
             the image's own bracket only, so it keeps batch invariance.
         patience: per-image early stopping inside each trial radius (not in the paper; 0, the default: off):
             an image whose best loss has risen by at most ``tol`` (relative) over the last ``patience`` steps
-            gives up at that radius (see :func:`pgd_in_ball`).
+            gives up at that radius (see :func:`~paperlib.attacks.pgd.pgd_in_ball`).
         tol: the relative rise below which an ascent counts as stalled (1e-3; used with ``patience``).
     """
 

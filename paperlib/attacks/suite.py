@@ -144,7 +144,8 @@ class AttackConfig:
             1: every image, the committed runs); the other images get no Boundary row. The gradient-masking
             check compares the images it ran on.
 
-    :meth:`cheap` is the recommended configuration for the grid evaluation (:data:`CHEAP_BUDGETS`).
+    :meth:`~paperlib.attacks.suite.AttackConfig.cheap` is the recommended configuration for the grid evaluation
+    (:data:`~paperlib.attacks.suite.CHEAP_BUDGETS`).
 
     The fields from ``pgd_loss`` on were added after runs were stored: at their defaults they are left out of
     the hash (``OMIT_AT_DEFAULT``), so the stored runs keep their names and the defaults reproduce them.
@@ -261,9 +262,10 @@ class AttackConfig:
 
     @classmethod
     def cheap(cls, **overrides: Any) -> "AttackConfig":
-        """The recommended configuration for the grid evaluation: :data:`CHEAP_BUDGETS` (per-image early
-        stopping in every attack and the budgets chosen by the convergence check, see
-        ``benchmarks/bench_attack_budget.py``), with ``overrides`` (any field, e.g. ``n_images``) on top."""
+        """The recommended configuration for the grid evaluation:
+        :data:`~paperlib.attacks.suite.CHEAP_BUDGETS` (per-image early stopping in every attack and budgets
+        measured against the convergence check, see ``benchmarks/bench_attack_budget.py``), with ``overrides``
+        (any field, e.g. ``n_images``) on top."""
         return cls(**{**CHEAP_BUDGETS, **overrides})
 
     def jobs(self) -> list[tuple[str, str]]:
@@ -289,13 +291,15 @@ class AttackConfig:
             logbarrier_patience=self.logbarrier_patience * factor,
             logbarrier_linf_inner=self.logbarrier_linf_inner * factor,
             logbarrier_linf_outer=self.logbarrier_linf_outer * factor if factor > 1 else self.logbarrier_linf_outer,
-            boundary_patience=self.boundary_patience * factor, early_stop_tol=self.early_stop_tol / factor if stopping else self.early_stop_tol)
+            boundary_patience=self.boundary_patience * factor,
+            early_stop_tol=self.early_stop_tol / factor if stopping else self.early_stop_tol)
 
     def build(self, attack: str, norm: str) -> Attack:
         """The attack object for one job."""
         if attack == "pgd":
             return MinimalPGD(norm=norm, steps=self.pgd_steps, search_steps=self.pgd_search_steps, loss=self.pgd_loss,
-                              growth=float(self.pgd_growth), search_tol=self.pgd_search_tol, patience=self.pgd_patience, tol=self.early_stop_tol)
+                              growth=float(self.pgd_growth), search_tol=self.pgd_search_tol,
+                              patience=self.pgd_patience, tol=self.early_stop_tol)
         if attack == "cw":
             return CarliniWagnerL2(steps=self.cw_steps, binary_search_steps=self.cw_binary_search_steps,
                                    squeeze=self.cw_squeeze, patience=self.cw_patience, tol=self.early_stop_tol)
@@ -317,17 +321,17 @@ class AttackConfig:
         raise ConfigError(f"attack={attack!r} is not allowed; choose one of {', '.join(ATTACKS)}")
 
 
-#: The recommended attack budgets for the grid evaluation (:meth:`AttackConfig.cheap`), chosen with
-#: ``benchmarks/bench_attack_budget.py`` on runs/fmnist/undefended and runs/fmnist/fd-l2-lam1-h0.01, the first
-#: 100 images of the fmnist draw, 1 thread (record: benchmarks/records/attack_budget.json). Measured: 2,924 and
-#: 2,630 model passes per image for the whole suite (today's fmnist budgets: 9,202 and 8,600); median best
+#: The recommended attack budgets for the grid evaluation (:meth:`~paperlib.attacks.suite.AttackConfig.cheap`),
+#: chosen with ``benchmarks/bench_attack_budget.py`` on runs/fmnist/undefended and runs/fmnist/fd-l2-lam1-h0.01, the
+#: first 100 images of the fmnist draw, 1 thread (record: benchmarks/records/attack_budget.json). Measured: 2,924
+#: and 2,630 model passes per image for the whole suite (today's fmnist budgets: 9,202 and 8,600); median best
 #: distance x0.999 / x1.016 in l2 and x1.001 / x0.999 in linf; but 16 of 100 images per model are more than 1 %
 #: farther in l2 (worst x1.34 / x1.40, images where LogBarrier-l2 was the best attack) and 8 / 5 in linf (worst
-#: x1.03 / x1.05), and the convergence check's l2 tail fails (9 of 44 / 3 of 37 images improve by more than 5 %
-#: with doubled budgets). For scale: today's settings with seed 1 instead of 0 (PGD and LogBarrier-l2) are more
-#: than 1 % farther on 1 of 44 images in l2 and 4 of 44 in linf (worst x1.17) of runs/fmnist/undefended.
-#: With LogBarrier at 8 x 60 steps and CW at 3 constants: 3,205 passes, 11 of 100 images more than 1 % farther
-#: in l2 (worst x1.27) on runs/fmnist/undefended.
+#: x1.03 / x1.05), and the convergence check's l2 tail fails (9 of 44 / 3 of 37 images improve by more than 5 % with
+#: doubled budgets). For scale: today's settings with seed 1 instead of 0 (PGD and LogBarrier-l2) are more than 1 %
+#: farther on 1 of 44 images in l2 and 4 of 44 in linf (worst x1.17) of runs/fmnist/undefended. With LogBarrier at 8
+#: x 60 steps and CW at 3 constants: 3,205 passes, 11 of 100 images more than 1 % farther in l2 (worst x1.27) on
+#: runs/fmnist/undefended.
 CHEAP_BUDGETS: dict[str, Any] = dict(
     batch_size=100, convergence_n=50, convergence_tail=0.05, early_stop_tol=1e-3,
     # MinimalPGD: 40 steps per radius as today; radii grow by 2 (fewer failed trials before the bracket), and the
