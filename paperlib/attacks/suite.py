@@ -132,7 +132,7 @@ class AttackConfig:
         pgd_patience: MinimalPGD's per-image early stopping inside a trial radius (its ``patience``, in steps;
             0: off): an image whose loss stalled gives up at that radius.
         cw_patience: Carlini-Wagner's per-image early stopping (its ``patience``, in binary steps; 0: off).
-        logbarrier_patience: LogBarrier's per-image early stopping (its ``patience``, in outer loops; 0: off).
+        logbarrier_patience: LogBarrier's per-image early stopping (its ``patience``, in inner steps; 0: off).
         logbarrier_linf_outer, logbarrier_linf_inner: LogBarrier's budgets in linf when they differ from l2's
             (0: ``logbarrier_outer`` and ``logbarrier_inner``, the committed runs).
         logbarrier_init_growth: LogBarrier's ``init_growth``, the factor between the noise sizes tried for its
