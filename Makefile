@@ -12,9 +12,10 @@ JB_FLAGS := -W -n --keep-going
 
 .PHONY: book test setup data browser notebooks clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	@touch $(STAMP)
 
 ## Virtual environment with the pinned requirements (and paperlib, editable).

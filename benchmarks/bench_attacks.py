@@ -2,6 +2,15 @@
 
     python benchmarks/bench_attacks.py --run runs/fmnist/undefended --n 20
     python benchmarks/bench_attacks.py --n 8          # trains a small fmnist-cnn on 3000 images first
+    python benchmarks/bench_attacks.py --reference --run runs/fmnist/undefended --n 200
+
+With ``--reference`` (issue 12's cross-check): the paper's suite at the fmnist profile's budgets
+(:func:`~paperlib.reproduce.evaluation_configs`, convergence check off) and the reference attacks of
+:mod:`paperlib.attacks.reference` (not in the paper; AutoAttack's settings) on the same ``--n`` images, then per
+attack model passes (forward + backward) and seconds per image, and per norm the cross-check: the share of
+images whose suite best is within 1% of the references' minimum (and more than 10% behind it), the median
+ratio, and per radius the empirical % error of the suite, of AutoAttack (APGD-CE, APGD-T, Square) and of the
+best over both. ``--eps-linf`` / ``--eps-l2`` set the radii (in units of 1/255 for linf).
 
 Prints, per attack and norm: seconds per image (wall time of one batched call divided by the images),
 success rate and median l2/linf distance of the successes. ``--threads`` sets torch's CPU threads (default
@@ -38,6 +47,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="comma-separated subset of the attack labels below")
+    ap.add_argument("--reference", action="store_true", help="the cross-check against the reference attacks")
+    ap.add_argument("--eps-linf", default="2,8", help="--reference: linf radii in units of 1/255 (default 2,8)")
+    ap.add_argument("--eps-l2", default="0.5,1", help="--reference: l2 radii (default 0.5,1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.run:
@@ -46,7 +58,11 @@ def main() -> None:
         model, _ = load_trained(args.run)
     else:
         model = quick_model(args.seed)
+    model.eval()
     x, y, idx = sample_images(load_dataset("fashion-mnist", "test"), args.n, seed=args.seed)
+    if args.reference:
+        reference_mode(model, x, y, idx, args)
+        return
     attacks = {
         "pgd-l2": MinimalPGD(norm="l2"), "pgd-linf": MinimalPGD(norm="linf"), "cw-l2": CarliniWagnerL2(),
         "boundary-l2": BoundaryAttack(), "logbarrier-l2": LogBarrierAttack(norm="l2"),
@@ -65,6 +81,63 @@ def main() -> None:
         med2 = float(res.dist_l2[ok].median()) if bool(ok.any()) else float("inf")
         medi = float(res.dist_linf[ok].median()) if bool(ok.any()) else float("inf")
         print(f"{name:<16} {dt:8.3f} {100 * rate:7.1f}% {med2:10.4f} {medi:12.4f}", flush=True)
+
+
+def reference_mode(model, x, y, idx, args) -> None:
+    """The paper's suite and the reference attacks on the same images; passes, seconds and the cross-check."""
+    import dataclasses
+
+    from paperlib.attacks.reference import REFERENCE_ATTACKS
+    from paperlib.attacks.suite import (
+        ATTACK_COLUMNS,
+        _reference_batches,
+        _summarize_reference,
+        best_distances,
+        run_attack_suite,
+    )
+    from paperlib.reproduce import evaluation_configs
+
+    import pandas as pd
+
+    n = len(x)
+    paper = dataclasses.replace(evaluation_configs("fmnist")["attack"], n_images=n, convergence_n=0, seed=args.seed)
+    cfg = dataclasses.replace(paper, reference_attacks=REFERENCE_ATTACKS,
+                              reference_eps_linf=tuple(float(e) / 255 for e in args.eps_linf.split(",") if e),
+                              reference_eps_l2=tuple(float(e) for e in args.eps_l2.split(",") if e))
+    print(f"{n} images of {args.run or 'a quick fmnist-cnn'}, torch {torch.__version__}, {args.threads} thread(s); "
+          f"paper suite: the fmnist profile's budgets; references (not in the paper): AutoAttack's settings")
+    t0 = time.perf_counter()
+    suite = run_attack_suite(model, x, y, idx, paper, progress=True)
+    print(f"paper suite: {time.perf_counter() - t0:.0f} s", flush=True)
+    head = f"{'attack':<26} {'fwd/image':>10} {'bwd/image':>10} {'s/image':>8} {'success':>8}"
+    print(head)
+    total = 0.0
+    for job, r in suite.summary["jobs"].items():
+        f, b = r.get("forward_passes_per_image", 0.0), r.get("backward_passes_per_image", 0.0)
+        total += f + b
+        print(f"{job:<26} {f:10.0f} {b:10.0f} {r['seconds_per_image']:8.3f} {r['success_pct']:7.1f}%", flush=True)
+    print(f"{'paper suite, all jobs':<26} {total:21.0f} passes per image (forward + backward)")
+    t0 = time.perf_counter()
+    reference, info = _reference_batches(model, x, y, idx, cfg, progress=True)
+    print(f"reference attacks: {time.perf_counter() - t0:.0f} s", flush=True)
+    best_all = best_distances(pd.concat([suite.attacks, reference[ATTACK_COLUMNS]], ignore_index=True), cfg.norms)
+    summary = _summarize_reference(suite.attacks, suite.best, reference, best_all, cfg, info)
+    print(head + "   (not in the paper; fixed-eps attacks run on the images the previous ones left robust)")
+    for job, r in summary["jobs"].items():
+        ok = f"{r['success_pct']:7.1f}%" if r["success_pct"] is not None else f"{'-':>8}"
+        print(f"{job:<26} {r['forward_passes_per_image']:10.0f} {r['backward_passes_per_image']:10.0f} "
+              f"{r['seconds_per_image']:8.3f} {ok}")
+    for norm, c in summary["cross_check"].items():
+        med = summary[f"median_best_{norm}"]
+        print(f"{norm}: suite best within 1% of the references' minimum on {c['within_pct']:.1f}% of "
+              f"{c['n_images']} images (needed: 95%); a reference more than 10% closer on {c['closer_by_10pct']:.1f}%; "
+              f"median suite / reference {c['median_ratio']:.4f}; median best: paper suite {med['paper_suite']:.4f}, "
+              f"best of all {med['best_of_all']:.4f}")
+        for eps, e in c["errors"].items():
+            flag = "ok" if e["suite"] >= e["autoattack"] - 0.5 else "SUITE BELOW AUTOATTACK - 0.5"
+            label = f"{float(eps) * 255:.3g}/255" if norm == "linf" else eps
+            print(f"  % error at {label}: suite {e['suite']:.1f}, AutoAttack {e['autoattack']:.1f}, best of all "
+                  f"{e['best_of_all']:.1f}  [{flag}]")
 
 
 if __name__ == "__main__":

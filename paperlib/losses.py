@@ -25,6 +25,11 @@ in the tests of the omega-bound.
 
 All functions take ``logits`` of shape ``[B, K]`` and integer labels ``y`` of shape ``[B]`` and return a
 per-example tensor of shape ``[B]`` (no reduction).
+
+This is the package's one margin: both margins are ``_kth_other_minus_true`` on probabilities or on logits.
+The attacks' summed logit margin (``paperlib.attacks.pgd.margin_loss``) equals ``logit_margin_loss(z, y).sum()``
+to the last bit (tested); Carlini-Wagner's inline ``z_y - z_other`` is minus :func:`logit_margin_loss` and
+LogBarrier's ``p_other - p_y`` is :func:`margin_loss`, the same operations in the same order.
 """
 
 from __future__ import annotations

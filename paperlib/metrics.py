@@ -1,4 +1,16 @@
-"""Uncertainty of the grid's numbers, and verdicts that follow from it.
+"""The metrics of the paper's tables, once each: attack distances -> errors, and the uncertainty of the numbers.
+
+Best distances and empirical error (paper section 4). The suite attacks each image with every attack and keeps,
+per image and norm, the smallest distance of a successful adversarial (:func:`best_distances`); an image the
+model misclassifies has distance 0, one that no attack broke has distance ``inf``. From those:
+
+* :func:`empirical_error` -- % error at eps, ``100 * #{best <= eps} / #images`` (Table 1, Fig. 1);
+* :func:`error_curve` -- the error-vs-eps curve on a grid of eps; :func:`error_curves` -- one per norm of a
+  ``best.csv`` table on an even grid (the book's figures);
+* :func:`best_values` -- the best distances of one norm as an array.
+
+A distance equal to eps counts as an error at eps (the closed ball), also after ``best.csv`` was written with 10
+significant digits and read back (:data:`TIE_RTOL`), so every table and curve counts a tie the same way.
 
 Every percentage the book shows is a share of ``n`` images, every mean distance a mean over them; both carry
 sampling error (at 60 images one standard error of a 50% error rate is 6.5 points). This module gives them
@@ -10,6 +22,12 @@ intervals and turns a comparison into a verdict that the numbers, not the prose,
   default), seeded so a page shows the same interval on every machine;
 * :func:`paired_difference_interval` -- a bootstrap interval of ``stat(a) - stat(b)`` over the *same* images
   (the models of the grid are evaluated on one seeded sample, so their differences are paired);
+* :func:`difference_of_proportions_interval` -- Newcombe's hybrid Wilson score interval of ``p1 - p2`` from
+  counts alone (where the per-image outcomes are not stored, e.g. clean errors on the whole test set);
+* :func:`ratio_interval` -- a bootstrap interval of ``mean(a) / mean(b)`` for two independent samples (e.g.
+  per-epoch training seconds of two models);
+* :func:`error_indicators` -- per image, whether it is an error at eps (the 0/1 outcomes behind
+  :func:`empirical_error`, for paired differences);
 * :func:`verdict` -- ``'holds'`` where the interval of the difference excludes the opposite of the claim,
   ``'does not hold'`` where it excludes the claim, ``'not resolved'`` otherwise.
 """
@@ -17,17 +35,160 @@ intervals and turns a comparison into a verdict that the numbers, not the prose,
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
+import pandas as pd
 from scipy import stats
+from torch import Tensor
 
-from paperlib.config import ConfigError, check_int, check_probability
+from paperlib.config import ConfigError, check_int, check_nonnegative, check_probability, normalize_norm
 
-__all__ = ["wilson_interval", "bootstrap_interval", "paired_difference_interval", "verdict", "VERDICTS"]
+__all__ = ["BEST_COLUMNS", "TIE_RTOL", "best_distances", "best_values", "empirical_error", "error_curve",
+           "error_curves", "wilson_interval", "bootstrap_interval", "paired_difference_interval", "verdict",
+           "VERDICTS", "error_indicators", "difference_of_proportions_interval", "ratio_interval"]
 
-#: The three verdicts of :func:`verdict`.
+#: The three verdicts of :func:`~paperlib.metrics.verdict`.
 VERDICTS = ("holds", "does not hold", "not resolved")
+
+#: The columns of ``best.csv`` (:func:`~paperlib.metrics.best_distances`).
+BEST_COLUMNS = ["image", "label", "norm", "best", "best_attack"]
+
+#: Relative tolerance of a tie between a best distance and eps. The run store writes tables with 10 significant
+#: digits (:meth:`~paperlib.runs.Run.write_table`), so a distance equal to eps can come back up to 5e-11 x eps
+#: larger (at 32/255: 2e-11); 1e-9 covers that and is far below what a float32 attack resolves (6e-8).
+TIE_RTOL = 1e-9
+
+#: The linf radius the default linf curve of :func:`~paperlib.metrics.error_curves` reaches at least: the
+#: paper's 8/255, with room.
+_LINF_CURVE_MIN = 1.25 * 8 / 255
+
+Best = Union[pd.DataFrame, pd.Series, np.ndarray, Tensor]
+
+
+# --------------------------------------------------------------------------------------------------
+# Distances -> errors
+# --------------------------------------------------------------------------------------------------
+
+
+def best_distances(attacks: pd.DataFrame, norms: Sequence[str] = ("l2", "linf")) -> pd.DataFrame:
+    """Per image and norm, the best (smallest) distance of a successful adversarial over all rows.
+
+    Args:
+        attacks: the ``attacks.csv`` table (columns :data:`~paperlib.attacks.suite.ATTACK_COLUMNS`).
+        norms: the norms to report.
+
+    Returns:
+        The ``best.csv`` table (:data:`~paperlib.metrics.BEST_COLUMNS`): image, label, norm, best (0 for
+        clean-misclassified, ``inf`` when no attack succeeded), best_attack (``'<attack>-<norm>'``, ``'clean'``
+        or ``'none'``), sorted by norm, image.
+    """
+    out = []
+    if len(attacks) == 0:
+        return pd.DataFrame(columns=BEST_COLUMNS)
+    names = attacks["attack"].astype(str) + "-" + attacks["norm"].astype(str)
+    for norm in norms:
+        norm = normalize_norm(norm)
+        d = attacks[f"dist_{norm}"].astype(float).where(attacks["success"].astype(bool), math.inf)
+        frame = pd.DataFrame({"image": attacks["image"].values, "label": attacks["label"].values,
+                              "d": d.values, "who": names.values})
+        frame = frame.sort_values(["image", "d"], kind="mergesort")
+        first = frame.groupby("image", sort=True).head(1)
+        best_attack = np.where(first["d"].values == 0, "clean",
+                               np.where(np.isinf(first["d"].values), "none", first["who"].values))
+        out.append(pd.DataFrame({"image": first["image"].values, "label": first["label"].values, "norm": norm,
+                                 "best": first["d"].values, "best_attack": best_attack}))
+    return pd.concat(out, ignore_index=True)[BEST_COLUMNS]
+
+
+def best_values(best: Best, norm: Optional[str] = None) -> np.ndarray:
+    """The best distances of one norm as a float64 array ``[n_images]``.
+
+    Args:
+        best: the ``best.csv`` table (pass ``norm`` when it holds both norms), its ``best`` column, or an array of
+            best distances (a tensor too).
+        norm: ``'l2'`` or ``'linf'``; needed for a table of several norms.
+
+    Raises:
+        ConfigError: a table of several norms without ``norm``, or no distances at all (e.g. a norm the table does
+            not hold).
+    """
+    if isinstance(best, pd.DataFrame):
+        if "norm" in best.columns:
+            present = sorted(set(best["norm"]))
+            if norm is None:
+                if len(present) != 1:
+                    raise ConfigError(f"best holds norms {present}; pass norm='l2' or norm='linf'")
+                norm = present[0]
+            norm = normalize_norm(norm)
+            best = best[best["norm"] == norm]
+        best = best["best"]
+    if isinstance(best, Tensor):
+        best = best.detach().cpu().numpy()
+    values = np.asarray(best, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        raise ConfigError(f"no best distances to compute an error from{f' (norm={norm!r})' if norm else ''}")
+    return values
+
+
+def _broken_at(values: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """``values <= eps``, ties up to :data:`~paperlib.metrics.TIE_RTOL` counted: the one comparison of every
+    error here."""
+    return values <= eps * (1.0 + TIE_RTOL)
+
+
+def empirical_error(best: Best, eps: float, norm: Optional[str] = None) -> float:
+    """Empirical % error at ``eps``: ``100 * #{best distance <= eps} / #images`` (a tie counts,
+    :data:`~paperlib.metrics.TIE_RTOL`).
+
+    ``best`` is the ``best.csv`` table (pass ``norm`` when it holds both norms) or an array of best distances.
+    """
+    check_nonnegative("eps", eps)
+    values = best_values(best, norm)
+    return float(100.0 * np.mean(_broken_at(values, float(eps))))
+
+
+def error_indicators(best: Best, eps: float, norm: Optional[str] = None) -> np.ndarray:
+    """Per image, whether it is an error at ``eps`` (``best distance <= eps``, ties counted): a bool array
+    ``[n_images]`` in the order of ``best`` (``best.csv`` is sorted by norm, image). Its mean times 100 is
+    :func:`~paperlib.metrics.empirical_error`."""
+    check_nonnegative("eps", eps)
+    return _broken_at(best_values(best, norm), float(eps))
+
+
+def error_curve(best: Best, eps_grid: Sequence[float], norm: Optional[str] = None) -> pd.DataFrame:
+    """The error-vs-eps curve: a table with columns ``eps`` and ``error_pct`` (one row per grid point), each
+    point :func:`~paperlib.metrics.empirical_error` at that eps."""
+    values = best_values(best, norm)
+    grid = np.asarray(list(eps_grid), dtype=np.float64)
+    if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
+        raise ConfigError("eps_grid must be a non-empty sequence of finite numbers >= 0")
+    err = 100.0 * _broken_at(values[None, :], grid[:, None]).mean(axis=1)
+    return pd.DataFrame({"eps": grid, "error_pct": err})
+
+
+def error_curves(best: pd.DataFrame, n_points: int = 201, eps_max: Optional[Mapping[str, float]] = None
+                 ) -> dict[str, pd.DataFrame]:
+    """:func:`~paperlib.metrics.error_curve` per norm of a ``best.csv`` table, on an even grid of ``n_points``
+    from 0 to ``eps_max[norm]`` (default: 1.1 x the largest finite best distance, and in linf at least 1.25 x the
+    paper's 8/255). Returns ``{norm: DataFrame(eps, error_pct)}`` for the norms the table holds (l2 first)."""
+    n_points = check_int("n_points", n_points, 2)
+    out = {}
+    for norm in [n for n in ("l2", "linf") if n in set(best["norm"])]:
+        d = best_values(best, norm)
+        top = (eps_max or {}).get(norm)
+        if top is None:
+            finite = d[np.isfinite(d)]
+            top = 1.1 * float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+            if norm == "linf":
+                top = max(top, _LINF_CURVE_MIN)
+        out[norm] = error_curve(d, np.linspace(0.0, float(top), n_points))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Intervals and verdicts
+# --------------------------------------------------------------------------------------------------
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -110,3 +271,41 @@ def verdict(low: float, high: float, claim: str) -> str:
     if hi <= 0:
         return "does not hold"
     return "not resolved"
+
+
+def difference_of_proportions_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95
+                                       ) -> tuple[float, float, float]:
+    """``(difference, low, high)`` of ``k1/n1 - k2/n2`` in percentage points: Newcombe's (1998) hybrid score
+    interval (his method 10), built from the two :func:`~paperlib.metrics.wilson_interval` s.
+
+    It treats the samples as independent. Two models scored on the same images are positively correlated, and
+    then this interval is wider than a paired one (conservative); use
+    :func:`~paperlib.metrics.paired_difference_interval` where the per-image outcomes are stored.
+
+    >>> [round(v, 2) for v in difference_of_proportions_interval(56, 70, 48, 80)]
+    [20.0, 5.24, 33.39]
+    """
+    l1, u1 = (v / 100 for v in wilson_interval(k1, n1, confidence))
+    l2, u2 = (v / 100 for v in wilson_interval(k2, n2, confidence))
+    p1, p2 = k1 / n1, k2 / n2
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return 100.0 * d, 100.0 * low, 100.0 * high
+
+
+def ratio_interval(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """``(ratio, low, high)`` of ``mean(a) / mean(b)`` for two independent samples (each resampled on its
+    own; percentile bootstrap, seeded). ``b`` must have a positive mean (e.g. seconds per training step)."""
+    x, y = _values("a", a), _values("b", b)
+    if not (y.mean() > 0):
+        raise ConfigError(f"b has mean {y.mean()}; a ratio needs a positive denominator")
+    check_probability("confidence", confidence)
+    check_int("n_resamples", n_resamples, 100)
+    rng = np.random.default_rng(seed)
+    xs = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+    ys = y[rng.integers(0, y.size, size=(n_resamples, y.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(xs / ys, [alpha, 1 - alpha])
+    return float(x.mean() / y.mean()), float(low), float(high)

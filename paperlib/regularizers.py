@@ -81,6 +81,7 @@ from paperlib.config import (
     check_unit_images,
 )
 from paperlib.losses import cross_entropy
+from paperlib.norms import ATTACK_NORMS, dual_norm_name, get_norm
 
 __all__ = [
     "PENALTY_NORMS",
@@ -109,16 +110,14 @@ FD_SCHEMES = ("forward", "central")
 #: Scale conventions (see the module docstring).
 SCALES = ("eq8", "algorithm1", "eq8-literal")
 
-_DUAL = {"l2": "l2", "linf": "l1"}
-
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def dual_norm(attack_norm: str) -> str:
     """The penalty norm that defends against attacks in ``attack_norm``: ``'l2' -> 'l2'``, ``'linf' -> 'l1'``."""
-    if not isinstance(attack_norm, str) or attack_norm.lower() not in _DUAL:
+    if not isinstance(attack_norm, str) or attack_norm.lower() not in ATTACK_NORMS:
         raise ConfigError(f"attack_norm={attack_norm!r} is not allowed; choose 'l2' or 'linf' (case-insensitive)")
-    return _DUAL[attack_norm.lower()]
+    return dual_norm_name(attack_norm)
 
 
 def penalty_norm(norm: str) -> str:
@@ -215,21 +214,15 @@ def fd_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     ``'l2'``: ``g_i / ||g_i||_2``; ``'l1'``: ``sign(g_i) / sqrt(N)``. Rows with ``g_i = 0`` give ``d_i = 0``.
     Every row of a nonzero gradient has unit l2 norm (for l1, exactly when no entry is 0).
     """
-    norm = penalty_norm(norm)
+    # The attack norm's steepest-ascent direction (g/||g||_2 for l2, sign g for linf), scaled to unit l2 length:
+    # 1/sqrt(N) for linf, whose directions are the box's corners.
+    attack = get_norm(penalty_norm(norm)).dual
     g = g.detach()
-    flat = g.flatten(1)
-    if norm == "l2":
-        n2 = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
-        nonzero = n2 > 0
-        d = torch.where(nonzero, flat / torch.where(nonzero, n2, torch.ones_like(n2)), torch.zeros_like(flat))
-    else:
-        d = flat.sign() / math.sqrt(flat.shape[1])
-    return d.view_as(g)
+    return attack.direction(g) / math.sqrt(attack.l2_radius_squared(g[0].numel()))
 
 
 def _dual_norms(g: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = g.flatten(1)
-    return torch.linalg.vector_norm(flat, ord=2 if norm == "l2" else 1, dim=1)
+    return get_norm(norm).norm(g)
 
 
 def finite_difference_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2",
@@ -284,11 +277,7 @@ def double_backprop_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     xg = _prepare_input(x)
     clean = _clean_losses(model, xg, y, loss_fn)
     (g,) = torch.autograd.grad(clean.sum(), xg, create_graph=True)
-    flat = g.flatten(1)
-    if norm == "l2":
-        R = flat.pow(2).sum(dim=1)
-    else:
-        R = flat.abs().sum(dim=1).pow(2) / flat.shape[1]
+    R = get_norm(norm).squared_norm(g) / _l1_normalization(norm, g[0].numel())
     return PenaltyTerms(clean, R, _dual_norms(g.detach(), norm), None)
 
 
@@ -298,9 +287,15 @@ def penalty_coefficient(lam: float, scale: str, norm: str, input_dim: int) -> fl
     if scale == "algorithm1":
         return float(lam)
     coef = lam / 2
-    if scale == "eq8-literal" and norm == "l1":
-        coef *= input_dim
+    if scale == "eq8-literal":
+        coef *= _l1_normalization(norm, input_dim)
     return float(coef)
+
+
+def _l1_normalization(norm: str, input_dim: int) -> int:
+    """``N`` for the l1 penalty, 1 for l2: the squared l2 length of the attack norm's unit steepest-ascent
+    direction (``||sign g||_2^2 = N``), which the FD estimate divides out (module docstring)."""
+    return get_norm(penalty_norm(norm)).dual.l2_radius_squared(input_dim)
 
 
 def _reuse_layers(model: nn.Module) -> list[nn.Module]:

@@ -16,7 +16,9 @@ The grid (Tables 1, 2, B.3, B.4 of the paper), keyed by the row keys of
 
 Then, for every model: the attack suite in l2 and linf on the profile's ``n_images`` seeded test images
 (:mod:`paperlib.attacks.suite`), the bounds in l2 and linf (:mod:`paperlib.bounds.lipschitz`), and randomized
-smoothing for ``undefended`` and ``fd-l2-lam1`` (:mod:`paperlib.bounds.smoothing`).
+smoothing for ``undefended`` and ``fd-l2-lam1`` (:mod:`paperlib.bounds.smoothing`). Smoothing as Cohen et al. run
+it (three sigmas, n >= 10,000 on 500 images: :func:`~paperlib.reproduce.certify_grid_configs`) is not a stage of
+the grid; ``paperlib certify <run> --grid`` runs it for one model.
 
 Every stage is a run of the run store, so the command is resumable: finished runs load at once, a partial run
 continues from its checkpoint. Wall time per stage is recorded in ``runs/<profile>/reproduce.json``. A model whose
@@ -33,7 +35,8 @@ from typing import Any, Sequence
 
 from paperlib.config import ConfigError, check_choice, get_profile
 
-__all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "stage_subrun", "diverged_note", "DIVERGED", "add_parser", "STAGES", "SMOOTHING_MODELS", "RECIPE_FIELDS", "recipe_tag"]
+__all__ = ["grid", "evaluation_configs", "reproduce", "stage_seconds", "stage_subrun", "diverged_note", "DIVERGED", "add_parser", "STAGES", "SMOOTHING_MODELS", "RECIPE_FIELDS", "recipe_tag",
+           "CERTIFY_SIGMAS", "CERTIFY_NAME_N", "certify_grid_configs"]
 
 STAGES = ("train", "attack", "bound", "certify")
 SMOOTHING_MODELS = ("undefended", "fd-l2-lam1")
@@ -105,6 +108,40 @@ _EVAL = {
     "cifar10": {"attack": dict(), "bound": dict(), "certify": dict(sigma=0.25, n_images=500)},
     "imagenet": {"attack": dict(), "bound": dict(top_k=5), "certify": dict(sigma=0.25, n_images=500)},
 }
+
+
+#: Noise levels of the certification grid (Cohen et al. 2019 also use 0.12 on CIFAR-10).
+CERTIFY_SIGMAS = (0.25, 0.5, 1.0)
+
+#: Randomized smoothing as Cohen et al. run it, per profile: one CertifyConfig per sigma of
+#: :data:`~paperlib.reproduce.CERTIFY_SIGMAS` (:func:`~paperlib.reproduce.certify_grid_configs`), abstentions
+#: counted as errors. The profile's own ``certify`` budget above (n = 2000 on fmnist, whose committed runs keep
+#: their hashes) certifies no l2 radius above 0.68 at sigma 0.25; n = 10,000 reaches 0.80 / 1.60 / 3.20 at
+#: sigma 0.25 / 0.5 / 1.0 (alpha 0.001), so every radius of Table B.5 (up to 2.0) is within reach of some sigma.
+#: The other fields (n0, alpha, batch size, radii, seeds) are the profile's certify config's, so the grid is what
+#: the certify page computes with
+#: ``-y "{sigma: [0.25, 0.5, 1.0], n: 10000, n_images: 500}"``.
+_CERTIFY_GRID: dict[str, dict[str, Any]] = {
+    "smoke": dict(),  # the smoke profile's own certify budget, at three sigmas
+    "fmnist": dict(n=10_000, n_images=500),
+    "cifar10": dict(n=100_000, n_images=500),
+    "imagenet": dict(n=100_000, n_images=500),
+}
+
+#: A certify sub-run with at least this many noise samples is named ``certify-sigma<s>-n<n>``, so the
+#: certification grid sits beside the profile's quick ``certify-sigma<s>`` runs instead of replacing them.
+CERTIFY_NAME_N = 10_000
+
+
+def certify_grid_configs(profile: str) -> dict[float, Any]:
+    """The certification grid of a profile: ``{sigma: CertifyConfig}`` for each sigma of
+    :data:`~paperlib.reproduce.CERTIFY_SIGMAS`, the profile's certify config
+    (:func:`~paperlib.reproduce.evaluation_configs`) with the grid's ``n`` and ``n_images``."""
+    import dataclasses
+
+    prof = get_profile(profile)
+    base = evaluation_configs(prof.name)["certify"]
+    return {s: dataclasses.replace(base, sigma=s, **_CERTIFY_GRID[prof.name]) for s in CERTIFY_SIGMAS}
 
 
 def evaluation_configs(profile: str) -> dict[str, Any]:
@@ -267,8 +304,9 @@ def stage_subrun(run, cfg):
     evaluation stage with config ``cfg``: ``attack-<config hash>``
     (:class:`~paperlib.attacks.suite.AttackConfig`), ``bounds-<norm>``
     (:class:`~paperlib.bounds.lipschitz.BoundConfig`) or ``certify-sigma<sigma>``
-    (:class:`~paperlib.bounds.smoothing.CertifyConfig`). The one place these names are made, so the grid, the
-    command line, the table pages and the experiment notebooks agree."""
+    (:class:`~paperlib.bounds.smoothing.CertifyConfig`; ``certify-sigma<sigma>-n<n>`` when ``n`` is at least
+    :data:`~paperlib.reproduce.CERTIFY_NAME_N`). The one place these names are made, so the grid, the command
+    line, the table pages and the experiment notebooks agree."""
     from paperlib.attacks.suite import AttackConfig, attack_run_name
     from paperlib.bounds import BoundConfig, CertifyConfig
     from paperlib.runs import Run
@@ -278,7 +316,7 @@ def stage_subrun(run, cfg):
     elif isinstance(cfg, BoundConfig):
         name = f"bounds-{cfg.norm}"
     elif isinstance(cfg, CertifyConfig):
-        name = f"certify-sigma{cfg.sigma:g}"
+        name = f"certify-sigma{cfg.sigma:g}" + (f"-n{cfg.n}" if cfg.n >= CERTIFY_NAME_N else "")
     else:
         raise ConfigError(f"no evaluation stage has a config of type {type(cfg).__name__}; "
                           "expected AttackConfig, BoundConfig or CertifyConfig")

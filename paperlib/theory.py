@@ -1,28 +1,37 @@
-"""Numerical checks of the paper's Propositions 3.1 and 3.2 (the book's theory chapters call these).
+"""Numerical checks of the paper's Propositions 3.1 and 3.2: tensors in, tensors out.
 
-* :func:`fd_error_vs_h` -- Proposition 3.2: the finite-difference quotient ``(l(x + h d) - l(x)) / h`` with
-  ``d = g/||g||_2`` against the exact ``||g||_2``, as ``h`` varies, in float32 and float64. The truncation
+The book's theory chapters show them as tables through :mod:`paperlib.report.theory`.
+
+* :func:`fd_relative_errors` -- Proposition 3.2: the finite-difference quotient ``(l(x + h d) - l(x)) / h``
+  with ``d = g/||g||_2`` against the exact ``||g||_2``, as ``h`` varies, in float32 and float64. The truncation
   error is bounded by ``omega(h)/h`` (it shrinks with ``h``); round-off grows like ``eps_machine * |l| / h``;
   their sum is smallest at an intermediate ``h``, which float32 moves to larger ``h`` than float64.
-* :func:`quadratic_cost_check` -- Proposition 3.1: for a twice-differentiable loss and the quadratic cost
+* :func:`quadratic_cost_terms` -- Proposition 3.1: for a twice-differentiable loss and the quadratic cost
   ``c(v) = ||v||^2 / (2 delta)``, ``max_v l(x+v) - c(v) <= l(x) + delta / (2 (1 - delta C)) ||g||^2`` with
   ``C`` the largest positive curvature. We solve the inner maximization by gradient ascent and estimate ``C``
   by power iteration on Hessian-vector products at ``x`` and at the maximizer.
-* :func:`smooth_mlp` -- a small twice-differentiable (softplus) network for these checks.
+* :func:`step_costs` -- time and graph memory of a standard, an FD-penalty and a DBP-penalty training step.
+* :func:`smooth_mlp` -- a small twice-differentiable (softplus) network for these checks; :func:`quick_train`
+  -- a brief trainer for them, the tests and the benchmarks.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import statistics
+import time
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from paperlib.config import check_positive
 from paperlib.losses import cross_entropy
+from paperlib.regularizers import GradientPenalty
 
-__all__ = ["smooth_mlp", "fd_error_vs_h", "hessian_norm", "quadratic_cost_check", "saved_tensor_bytes",
-           "penalty_step_cost", "quick_train"]
+__all__ = ["smooth_mlp", "fd_relative_errors", "hessian_norm", "quadratic_cost_terms", "saved_tensor_bytes",
+           "step_costs", "quick_train"]
 
 
 def smooth_mlp(in_shape: tuple[int, ...] = (1, 28, 28), hidden: int = 128, num_classes: int = 10,
@@ -44,19 +53,22 @@ def _per_example_loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tenso
     return loss.detach(), g.detach()
 
 
-def fd_error_vs_h(model: nn.Module, x: torch.Tensor, y: torch.Tensor, hs, dtypes=(torch.float32, torch.float64)):
-    """Relative error of the FD estimate of ``||grad_x l||_2`` per example, for each ``h`` and dtype.
+def fd_relative_errors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, hs: Sequence[float],
+                       dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64)) -> dict[str, torch.Tensor]:
+    """Relative error ``|D_h - ||g||_2| / ||g||_2`` of the FD estimate ``D_h`` of ``||grad_x l||_2`` per example,
+    for each ``h`` and dtype (Proposition 3.2).
 
-    The exact reference is the float64 autograd gradient. Returns a DataFrame with columns ``dtype``, ``h``,
-    ``median_rel_error``, ``max_rel_error`` (over the examples of ``x``; examples with ``g = 0`` excluded).
+    The exact reference is the float64 autograd gradient; examples with ``g = 0`` are left out.
+
+    Returns:
+        ``{dtype name ('float32', ...): relative errors [len(hs), n kept examples]}`` in float64.
     """
-    import pandas as pd
-
+    hs = [check_positive("h", h) for h in hs]
     model64 = _copy_as(model, torch.float64)
     _, g_exact = _per_example_loss_and_grad(model64, x.double(), y)
     exact = g_exact.flatten(1).norm(dim=1)
     keep = exact > 0
-    rows = []
+    out = {}
     for dtype in dtypes:
         m = _copy_as(model, dtype)
         xd = x.to(dtype)
@@ -64,19 +76,16 @@ def fd_error_vs_h(model: nn.Module, x: torch.Tensor, y: torch.Tensor, hs, dtypes
         gn = g.flatten(1).norm(dim=1, keepdim=True)
         d = torch.where(gn > 0, g.flatten(1) / gn.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(g.flatten(1)))
         d = d.view_as(xd)
+        rel = []
         for h in hs:
-            check_positive("h", h)
             with torch.no_grad():
                 D = (cross_entropy(m(xd + h * d), y) - loss) / h
-            rel = ((D.double() - exact).abs() / exact)[keep]
-            rows.append({"dtype": str(dtype).replace("torch.", ""), "h": h,
-                         "median_rel_error": rel.median().item(), "max_rel_error": rel.max().item()})
-    return pd.DataFrame(rows)
+            rel.append(((D.double() - exact).abs() / exact)[keep])
+        out[str(dtype).replace("torch.", "")] = torch.stack(rel) if rel else torch.empty(0, int(keep.sum()))
+    return out
 
 
 def _copy_as(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).to(dtype).eval()
 
 
@@ -109,8 +118,8 @@ def hessian_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, iters: int 
     return (top - rho).clamp_min(0)
 
 
-def quadratic_cost_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, deltas, steps: int = 200,
-                         segment_points: int = 8):
+def quadratic_cost_terms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, deltas: Sequence[float],
+                         steps: int = 200, segment_points: int = 8) -> dict[str, torch.Tensor]:
     """Proposition 3.1 per example and ``delta``: the attained ``max_v l(x+v) - ||v||^2/(2 delta) - l(x)``
     against its first-order value ``delta/2 ||g||^2`` and the bound ``delta/(2(1 - delta C)) ||g||^2``.
 
@@ -118,15 +127,16 @@ def quadratic_cost_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, del
     (the objective is ``1/delta``-strongly concave where ``delta C < 1``). ``C`` is the largest positive input
     Hessian eigenvalue at ``x`` and at ``segment_points`` points of the segment from ``x`` to the maximizer: the
     curvature that bounds the Taylor remainder there (the paper's ``C`` is the supremum over all inputs, which
-    can only be larger and only loosens the bound).
-    Returns a DataFrame with one row per (example, delta). Use float64 models and inputs.
-    """
-    import pandas as pd
+    can only be larger and only loosens the bound). Use float64 models and inputs.
 
+    Returns:
+        ``{'attained', 'first_order', 'C', 'bound'}``, each ``[len(deltas), B]`` (``bound`` is ``inf`` where
+        ``delta C >= 1``).
+    """
     loss0, g = _per_example_loss_and_grad(model, x, y)
     g2 = g.flatten(1).pow(2).sum(dim=1)
     C0 = hessian_norm(model, x, y)
-    rows = []
+    terms: dict[str, list[torch.Tensor]] = {"attained": [], "first_order": [], "C": [], "bound": []}
     for delta in deltas:
         check_positive("delta", delta)
         v = (delta * g).clone().requires_grad_(True)
@@ -143,10 +153,9 @@ def quadratic_cost_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, del
         for s in torch.linspace(0.125, 1.0, segment_points).tolist():
             C = torch.maximum(C, hessian_norm(model, (x + s * v).detach(), y))
         bound = torch.where(delta * C < 1, delta / (2 * (1 - delta * C)) * g2, torch.full_like(g2, math.inf))
-        for i in range(x.shape[0]):
-            rows.append({"example": i, "delta": delta, "attained": attained[i].item(),
-                         "first_order": (delta / 2 * g2[i]).item(), "C": C[i].item(), "bound": bound[i].item()})
-    return pd.DataFrame(rows)
+        for name, value in (("attained", attained), ("first_order", delta / 2 * g2), ("C", C), ("bound", bound)):
+            terms[name].append(value.detach())
+    return {k: torch.stack(v) if v else torch.empty(0, x.shape[0], dtype=x.dtype) for k, v in terms.items()}
 
 
 def saved_tensor_bytes(fn) -> int:
@@ -170,24 +179,22 @@ def saved_tensor_bytes(fn) -> int:
     return sum(seen.values())
 
 
-def penalty_step_cost(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2", h: float = 0.01,
-                      lam: float = 1.0, repeats: int = 5):
-    """Time (median seconds of a forward+backward step) and graph memory of standard training, the FD
-    penalty and the DBP penalty on one batch. Returns a DataFrame with ratios to the standard step."""
-    import statistics
-    import time
+def step_costs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "l2", h: float = 0.01,
+               lam: float = 1.0, repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Time and graph memory of one forward+backward step of standard training, the FD penalty and the DBP
+    penalty on one batch.
 
-    import pandas as pd
-
-    from paperlib.regularizers import GradientPenalty
-
+    Returns:
+        ``{'standard' | 'FD' | 'DBP': {'seconds': median wall seconds of ``repeats`` steps (after one warm-up),
+        'graph_bytes': bytes autograd saves for backward (:func:`saved_tensor_bytes`)}}``.
+    """
     def standard():
         return cross_entropy(model(x), y).mean()
 
     fd = GradientPenalty(norm=norm, method="fd", lam=lam, h=h)
     dbp = GradientPenalty(norm=norm, method="dbp", lam=lam)
     steps = {"standard": standard, "FD": lambda: fd(model, x, y).loss, "DBP": lambda: dbp(model, x, y).loss}
-    rows = []
+    out = {}
     for name, make_loss in steps.items():
         times = []
         for _ in range(repeats + 1):
@@ -195,12 +202,8 @@ def penalty_step_cost(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, nor
             t0 = time.perf_counter()
             make_loss().backward()
             times.append(time.perf_counter() - t0)
-        mem = saved_tensor_bytes(make_loss)
-        rows.append({"step": name, "seconds": statistics.median(times[1:]), "graph_MB": mem / 2**20})
-    df = pd.DataFrame(rows).set_index("step")
-    df["time_vs_standard"] = df["seconds"] / df.loc["standard", "seconds"]
-    df["memory_vs_standard"] = df["graph_MB"] / df.loc["standard", "graph_MB"]
-    return df
+        out[name] = {"seconds": statistics.median(times[1:]), "graph_bytes": float(saved_tensor_bytes(make_loss))}
+    return out
 
 
 def quick_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 300, batch_size: int = 128,

@@ -16,9 +16,6 @@ from paperlib.attacks.suite import (
     BEST_COLUMNS,
     AttackConfig,
     attack_model,
-    best_distances,
-    empirical_error,
-    error_curve,
     load_suite,
     run_attack_suite,
 )
@@ -120,44 +117,6 @@ def test_attack_model_finishes_the_run_and_loads_it_without_recomputing(tmp_path
     monkeypatch.setattr(suite, "run_attack_suite", lambda *a, **k: pytest.fail("recomputed a finished run"))
     second = attack_model(model, x, y, idx, cfg, run, progress=False)
     pd.testing.assert_frame_equal(second.best, first.best, check_exact=False, rtol=1e-9)
-
-
-def test_best_distances_take_minimum_over_attacks_clean_is_zero_and_unbroken_is_inf():
-    rows = [
-        (1, 0, "pgd", "l2", True, 0.5, 0.10), (1, 0, "cw", "l2", True, 0.4, 0.20),
-        (1, 0, "pgd", "linf", True, 0.9, 0.05),
-        (2, 1, "pgd", "l2", True, 0.0, 0.0), (2, 1, "cw", "l2", True, 0.0, 0.0), (2, 1, "pgd", "linf", True, 0.0, 0.0),
-        (3, 2, "pgd", "l2", False, math.inf, math.inf), (3, 2, "cw", "l2", False, math.inf, math.inf),
-        (3, 2, "pgd", "linf", False, math.inf, math.inf),
-        (4, 3, "pgd", "l2", False, math.inf, math.inf), (4, 3, "cw", "l2", True, 0.3, 0.3),
-        (4, 3, "pgd", "linf", False, math.inf, math.inf),
-    ]
-    best = best_distances(pd.DataFrame(rows, columns=ATTACK_COLUMNS)).set_index(["norm", "image"])
-    assert best.loc[("l2", 1), "best"] == 0.4 and best.loc[("l2", 1), "best_attack"] == "cw-l2"
-    assert best.loc[("linf", 1), "best"] == 0.05 and best.loc[("linf", 1), "best_attack"] == "pgd-linf"
-    assert best.loc[("l2", 2), "best"] == 0 and best.loc[("l2", 2), "best_attack"] == "clean"
-    assert math.isinf(best.loc[("l2", 3), "best"]) and best.loc[("l2", 3), "best_attack"] == "none"
-    # an l2 attack's adversarial also bounds the linf distance
-    assert best.loc[("linf", 4), "best"] == 0.3 and best.loc[("linf", 4), "best_attack"] == "cw-l2"
-
-
-def test_empirical_error_and_error_curve_count_best_distances():
-    best = pd.DataFrame({"image": [1, 2, 3, 4, 1, 2, 3, 4], "label": [0] * 8,
-                         "norm": ["l2"] * 4 + ["linf"] * 4, "best": [0.0, 0.5, 1.0, math.inf, 0, 0.1, 0.2, 0.3],
-                         "best_attack": ["clean", "pgd-l2", "cw-l2", "none", "clean", "pgd-linf", "pgd-linf",
-                                         "pgd-linf"]})
-    assert empirical_error(best, 0.5, norm="l2") == 50.0
-    assert empirical_error(best, 0.0, norm="L2") == 25.0
-    assert empirical_error(best, 10.0, norm="l2") == 75.0  # the unbroken image never counts
-    assert empirical_error(np.array([0.1, 0.3]), 0.2) == 50.0
-    assert empirical_error(torch.tensor([0.1, 0.3], dtype=torch.float64), 0.3) == 100.0
-    curve = error_curve(best, [0, 0.15, 0.25, 1], norm="linf")
-    assert list(curve.columns) == ["eps", "error_pct"]
-    assert curve["error_pct"].tolist() == [25.0, 50.0, 75.0, 100.0]
-    with pytest.raises(ConfigError, match="norm"):
-        empirical_error(best, 0.1)
-    with pytest.raises(ConfigError):
-        error_curve(best, [-1.0], norm="l2")
 
 
 def test_attack_config_validates_and_normalizes():

@@ -87,3 +87,11 @@ def test_nonpositive_or_nonfinite_eps_is_a_config_error(eps):
 def test_unknown_norm_is_a_config_error():
     with pytest.raises(ConfigError, match="norm='l1'"):
         sample_uniform_ball(4, SHAPE, 0.5, "l1", generator=make_generator(0))
+
+
+def test_zero_samples_give_an_empty_batch_of_the_right_shape():
+    """n = 0 is allowed (``n`` must be non-negative); the sphere sampler used to fail reshaping an empty draw."""
+    for norm in ("l2", "linf"):
+        v = sample_uniform_ball(0, SHAPE, 0.5, norm, generator=make_generator(8))
+        assert v.shape == (0, *SHAPE)
+    assert sample_uniform_sphere(0, SHAPE, generator=make_generator(8)).shape == (0, *SHAPE)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+from paperlib.runs import finished_dir
 from tests.conftest import REPO, requires_fmnist
 
 NOTEBOOKS = ("train", "attack", "bound", "certify")
@@ -40,8 +41,8 @@ def test_experiment_notebooks_run_end_to_end_on_the_smoke_profile(tmp_path):
         f"nbval failed on the smoke notebooks:\n{result.stdout[-8000:]}\n{result.stderr[-4000:]}"
     # The later pages reused the model the first one trained, and every stage left a finished run.
     model = runs / "smoke" / "fd-l2-lam1-h0.01"
-    assert (model / "FINISHED.json").exists()
-    finished = sorted(p.parent.name for p in model.glob("*/FINISHED.json"))
+    assert finished_dir(model)
+    finished = sorted(p.name for p in model.iterdir() if p.is_dir() and finished_dir(p))
     assert [n for n in finished if n.startswith("attack-")], finished
     assert {"bounds-l2", "bounds-linf", "certify-sigma0.25"} <= set(finished), finished
     check_smoke_claims(model)

@@ -88,3 +88,20 @@ def test_bad_top_k_is_a_config_error(logits, labels, top_k):
 def test_unknown_loss_name_is_a_config_error():
     with pytest.raises(ConfigError, match="loss='hinge'"):
         get_loss("hinge")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_attacks_summed_margin_is_the_logit_margin_summed_bit_for_bit(dtype):
+    """``paperlib.attacks.pgd.margin_loss`` (a second function of that name) is ``logit_margin_loss(...).sum()`` to
+    the last bit, ties included, so the attacks can use the one margin of paperlib.losses without changing a
+    number."""
+    from paperlib.attacks import pgd
+
+    g = torch.Generator().manual_seed(3)
+    z = (torch.randn(33, 7, generator=g, dtype=torch.float64) * 3).to(dtype)
+    z[0] = 1.0  # all tied
+    z[1, :2] = z[1].max() + 1  # the true class tied with another at the top
+    y = torch.randint(0, 7, (33,), generator=g)
+    y[1] = 0
+    assert torch.equal(pgd.margin_loss(z, y), logit_margin_loss(z, y).sum())
+    assert logit_margin_loss(z, y)[0] == 0 and logit_margin_loss(z, y)[1] == 0

@@ -74,7 +74,8 @@ def test_fmnist_cnn_is_differentiable_at_real_images():
     """No max-pool ties on the constant background: the directional derivative along the normalized gradient
     equals the gradient norm (finite differences at tiny h in float64 agree with autograd)."""
     from paperlib.data import load_dataset, sample_images
-    from paperlib.theory import fd_error_vs_h, quick_train
+    from paperlib.report.theory import fd_error_vs_h
+    from paperlib.theory import quick_train
 
     torch.manual_seed(0)
     tx, ty = load_dataset("fashion-mnist", "train").tensors()

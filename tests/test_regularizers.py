@@ -16,6 +16,7 @@ from paperlib.regularizers import (
     fd_direction,
     finite_difference_penalty,
     frozen_batchnorm_stats,
+    penalty_coefficient,
 )
 
 
@@ -240,6 +241,27 @@ def test_attack_norm_selects_the_dual_penalty_norm():
         GradientPenalty(norm="linf")
     with pytest.raises(ConfigError, match="contradicts"):
         GradientPenalty(norm="l2", attack_norm="linf")
+    with pytest.raises(ConfigError, match=r"attack_norm='l1' is not allowed; choose 'l2' or 'linf'"):
+        dual_norm("l1")  # l1 is a norm (paperlib.norms) but no attack norm of the paper
+
+
+def test_fd_direction_is_the_attack_norms_steepest_ascent_direction_at_unit_l2_length():
+    """l2 penalty: ``g/||g||_2``, the l2 steepest ascent; l1 penalty: ``sign g / sqrt(N)``, the linf steepest ascent
+    (a corner of the box) scaled to unit l2 length. Either way ``<g, d> = ||g||_* / ||direction||_2``."""
+    from paperlib.norms import get_norm
+
+    g = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for norm, attack in (("l2", "l2"), ("l1", "linf")):
+        d = fd_direction(g, norm)
+        torch.testing.assert_close(d.flatten(1).norm(dim=1), torch.ones(4, dtype=torch.float64), rtol=1e-14, atol=0)
+        inner = (g * d).flatten(1).sum(dim=1)
+        dual = get_norm(attack).dual_norm(g)
+        torch.testing.assert_close(inner, dual / (math.sqrt(64) if norm == "l1" else 1.0), rtol=1e-14, atol=0)
+
+
+def test_the_literal_eq8_scale_of_a_bad_penalty_norm_is_a_config_error():
+    with pytest.raises(ConfigError, match="norm='linf' is not a penalty norm"):
+        penalty_coefficient(1.0, "eq8-literal", "linf", 784)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from paperlib.attacks.checks import Check
-from paperlib.attacks.suite import SuiteResult, best_distances
+from paperlib.attacks.suite import SuiteResult
 from paperlib.bounds import CertifyResult
 from paperlib.config import config_hash
+from paperlib.metrics import best_distances
 from paperlib.report import experiments as ex
 from paperlib.reproduce import evaluation_configs, grid
 from paperlib.runs import RunStore

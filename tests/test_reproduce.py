@@ -7,6 +7,7 @@ import paperlib.training
 from paperlib.config import ConfigError
 from paperlib.reproduce import evaluation_configs, grid, reproduce, stage_seconds
 from paperlib.report.paper import ROW_KEYS, TABLEB4
+from paperlib.runs import finished_dir
 from tests.conftest import requires_fmnist
 
 
@@ -37,8 +38,7 @@ def test_reproduce_smoke_is_resumable(tmp_path):
     report = reproduce("smoke", tmp_path, stages=stages, only=["undefended"], progress=False, log=lines.append)
     assert report["models"] == ["undefended"]
     run = tmp_path / "smoke" / "undefended"
-    assert (run / "FINISHED.json").exists() and (run / "bounds-l2" / "FINISHED.json").exists()
-    assert (run / "certify-sigma0.25" / "FINISHED.json").exists()
+    assert finished_dir(run) and finished_dir(run / "bounds-l2") and finished_dir(run / "certify-sigma0.25")
     assert json.loads((tmp_path / "smoke" / "reproduce.json").read_text())["seconds"]["total"] > 0
     first = stage_seconds(tmp_path / "smoke")["undefended"]
     assert set(first) == {"train", "bound", "certify"} and min(first.values()) > 0
@@ -73,7 +73,7 @@ def test_a_diverging_model_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatc
     report = reproduce("smoke", tmp_path, stages=("train",), only=["h=1e-4", "undefended"], progress=False,
                        log=lines.append)
     assert report["diverged"] == {"h=1e-4": "training loss is inf at epoch 1 step 3"}
-    assert (tmp_path / "smoke" / "undefended" / "FINISHED.json").exists()  # the grid went on
+    assert finished_dir(tmp_path / "smoke" / "undefended")  # the grid went on
     assert (tmp_path / "smoke" / "fd-l1-lam1-h0.0001" / DIVERGED).exists()
     assert diverged_models("smoke", tmp_path) == {"h=1e-4": "training loss is inf at epoch 1 step 3"}
     lines.clear()

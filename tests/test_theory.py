@@ -1,6 +1,16 @@
+import pytest
 import torch
 
-from paperlib.theory import fd_error_vs_h, hessian_norm, quadratic_cost_check, saved_tensor_bytes, smooth_mlp
+from paperlib.config import ConfigError
+from paperlib.report.theory import fd_error_vs_h, penalty_step_cost, quadratic_cost_check
+from paperlib.theory import (
+    fd_relative_errors,
+    hessian_norm,
+    quadratic_cost_terms,
+    saved_tensor_bytes,
+    smooth_mlp,
+    step_costs,
+)
 
 
 def _data(n=6, seed=0):
@@ -63,3 +73,34 @@ def test_double_backprop_graph_holds_more_than_a_standard_one():
         return g.pow(2).sum()
 
     assert saved_tensor_bytes(dbp) > standard > 0
+
+
+def test_the_algorithms_give_tensors_and_the_tables_summarize_exactly_those():
+    model = smooth_mlp(in_shape=(1, 6, 6), hidden=16)
+    x, y = _data(4)
+    hs = [1e-4, 1e-2]
+    rel = fd_relative_errors(model, x, y, hs, dtypes=(torch.float64,))
+    assert list(rel) == ["float64"] and rel["float64"].shape == (2, 4) and rel["float64"].dtype == torch.float64
+    table = fd_error_vs_h(model, x, y, hs, dtypes=(torch.float64,))
+    assert table["median_rel_error"].tolist() == [r.median().item() for r in rel["float64"]]
+    assert table["max_rel_error"].tolist() == [r.max().item() for r in rel["float64"]]
+    with pytest.raises(ConfigError, match="h=0"):
+        fd_relative_errors(model, x, y, [0])
+    m64, x64 = model.double(), x.double()
+    terms = quadratic_cost_terms(m64, x64, y, [0.1, 1.0], steps=5, segment_points=1)
+    assert {k: tuple(v.shape) for k, v in terms.items()} == {k: (2, 4) for k in ("attained", "first_order", "C",
+                                                                                   "bound")}
+    rows = quadratic_cost_check(m64, x64, y, [0.1, 1.0], steps=5, segment_points=1)
+    assert rows["attained"].tolist() == terms["attained"].flatten().tolist()  # delta-major, then examples
+    assert rows["delta"].tolist() == [0.1] * 4 + [1.0] * 4
+
+
+def test_step_costs_measure_the_double_backprop_graph_as_the_largest():
+    model = smooth_mlp(in_shape=(1, 6, 6), hidden=16)
+    x, y = _data()
+    costs = step_costs(model, x, y, repeats=1)
+    assert list(costs) == ["standard", "FD", "DBP"] and all(c["seconds"] > 0 for c in costs.values())
+    assert costs["DBP"]["graph_bytes"] > costs["standard"]["graph_bytes"] > 0
+    table = penalty_step_cost(model, x, y, repeats=1)
+    assert table.loc["standard", "memory_vs_standard"] == 1.0
+    assert table.loc["DBP", "graph_MB"] == costs["DBP"]["graph_bytes"] / 2**20  # memory is deterministic

@@ -418,7 +418,7 @@ def model_run(tmp_path, monkeypatch):
     return path, seen
 
 
-@pytest.mark.parametrize("command", [["bound"], ["certify", "--sigma", "0.25", "--n0", "5", "--n", "10"]])
+@pytest.mark.parametrize("command", [["bound"], ["certify", "--sigma", "0.25", "--n0", "5", "--n-samples", "10"]])
 def test_cli_bound_and_certify_refuse_more_images_than_the_test_set(model_run, capsys, command):
     path, _ = model_run
     argv = [command[0], str(path), *command[1:], "--n-images", "100000", "--omega-samples", "1", "--grid-size", "1",

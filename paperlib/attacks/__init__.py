@@ -9,6 +9,9 @@ linf distances of what was found.
 * :mod:`.cw` -- :class:`CarliniWagnerL2` with the binary search over c
 * :mod:`.boundary` -- :class:`BoundaryAttack` (decision-based, gradient-free)
 * :mod:`.logbarrier` -- :class:`LogBarrierAttack` in l2 and linf (Finlay et al. 2019)
+* :mod:`.reference` -- not in the paper: the field's reference attacks from torchattacks / foolbox behind the
+  same contract (:class:`FABAttack`, :class:`FMNAttack`, :class:`DDNAttack`, :class:`APGDAttack`,
+  :class:`APGDTargetedAttack`, :class:`SquareAttack`)
 * :mod:`.suite` -- :class:`AttackConfig`, :func:`run_attack_suite`, per-image best distances, error curves
 * :mod:`.checks` -- the automatic evaluation checks reported with the results
 """
@@ -26,9 +29,18 @@ from paperlib.attacks.cw import CarliniWagnerL2
 from paperlib.attacks.logbarrier import LogBarrierAttack
 from paperlib.attacks.norms import L2, Linf, Norm, get_norm
 from paperlib.attacks.pgd import PGD, L2PGD, LinfPGD, MinimalPGD
+from paperlib.attacks.reference import (
+    APGDAttack,
+    APGDTargetedAttack,
+    DDNAttack,
+    FABAttack,
+    FMNAttack,
+    SquareAttack,
+)
 
 __all__ = [
     "Attack", "AttackResult", "FixedEpsilonAttack", "MinimizationAttack", "ImageNoise", "image_keys",
     "PGD", "L2PGD", "LinfPGD", "MinimalPGD", "CarliniWagnerL2", "BoundaryAttack", "LogBarrierAttack",
     "Norm", "L2", "Linf", "get_norm",
+    "FABAttack", "FMNAttack", "DDNAttack", "APGDAttack", "APGDTargetedAttack", "SquareAttack",
 ]

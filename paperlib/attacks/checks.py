@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from paperlib.attacks.base import eval_mode
+from paperlib.metrics import error_curve
 
 __all__ = ["Check", "run_checks", "check_logits", "check_deterministic", "check_unit_box", "check_in_ball",
            "check_success", "check_error_curve", "check_gradient_masking", "check_convergence"]
@@ -39,6 +40,9 @@ logger = logging.getLogger("paperlib.attacks")
 BOX_TOL = 1e-6  # float32 rounding at the box edges
 BALL_TOL = 1e-5  # relative to eps
 TAIL_MIN_IMAGES = 50  # the convergence check's tail share is reported as coarse below this many re-attacked images
+#: The suite's attacks that use gradients (``attack`` in ``attacks.csv``); the Boundary attack is the
+#: gradient-free reference of :func:`check_gradient_masking`.
+GRADIENT_ATTACKS = ("pgd", "cw", "logbarrier")
 
 
 class Check(NamedTuple):
@@ -116,8 +120,6 @@ def check_error_curve(best: pd.DataFrame) -> list[Check]:
     bad = int(np.isnan(vals).sum() + (vals < 0).sum())
     out.append(Check("distances_valid", bad == 0, "all best distances are >= 0 and not NaN" if bad == 0 else
                      f"{bad} best distance(s) are NaN or negative; the suite's bookkeeping is broken"))
-    from paperlib.attacks.suite import error_curve
-
     msgs, ok = [], True
     for norm, g in best.groupby("norm"):
         v = g["best"].to_numpy(dtype=np.float64)
@@ -134,8 +136,6 @@ def check_error_curve(best: pd.DataFrame) -> list[Check]:
 
 def check_gradient_masking(attacks: pd.DataFrame, ratio: float, max_fraction: float) -> Check:
     """Flag images where Boundary's l2 distance < ``ratio`` x the best gradient attack's l2 distance."""
-    from paperlib.attacks.suite import GRADIENT_ATTACKS
-
     bd = attacks[(attacks["attack"] == "boundary") & attacks["success"]]
     grad = attacks[attacks["attack"].isin(GRADIENT_ATTACKS)]
     if bd.empty or grad.empty:

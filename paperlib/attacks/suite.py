@@ -2,11 +2,14 @@
 
 The paper attacks 1000 random test images with PGD (l2 and linf), Carlini-Wagner L2, the Boundary attack and
 LogBarrier (l2 and linf), and keeps, per image and norm, the smallest distance of a successful adversarial
-over all attacks (:func:`best_distances`). Clean-misclassified images have distance 0; an image that no attack
-broke has distance ``inf``. From those:
+over all attacks (:func:`~paperlib.metrics.best_distances`). Clean-misclassified images have distance 0; an
+image that no attack broke has distance ``inf``. From those:
 
-* empirical % error at eps = ``100 * #{best <= eps} / #images`` (:func:`empirical_error`; Table 1, Fig. 1);
-* the error-vs-eps curve (:func:`error_curve`); the mean best l2 distance (Table 2).
+* empirical % error at eps = ``100 * #{best <= eps} / #images`` (:func:`~paperlib.metrics.empirical_error`;
+  Table 1, Fig. 1);
+* the error-vs-eps curve (:func:`~paperlib.metrics.error_curve`); the mean best l2 distance (Table 2).
+
+These metrics live in :mod:`paperlib.metrics`; the suite re-exports them.
 
 :func:`run_attack_suite` writes, into a run of the run store (:mod:`paperlib.runs`):
 
@@ -28,7 +31,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,6 +44,13 @@ from paperlib.attacks.cw import CarliniWagnerL2
 from paperlib.attacks.logbarrier import LogBarrierAttack
 from paperlib.attacks.norms import get_norm
 from paperlib.attacks.pgd import MinimalPGD
+from paperlib.attacks.reference import (
+    REFERENCE_ATTACKS,
+    REFERENCE_FIXED_EPS,
+    REFERENCE_MINIMIZATION,
+    REFERENCE_NORMS,
+    reference_attack,
+)
 from paperlib.config import (
     OMIT_AT_DEFAULT,
     ConfigError,
@@ -54,6 +64,7 @@ from paperlib.config import (
     config_to_dict,
     normalize_norm,
 )
+from paperlib.metrics import BEST_COLUMNS, best_distances, empirical_error, error_curve
 from paperlib.models import model_classes
 
 __all__ = [
@@ -70,6 +81,8 @@ __all__ = [
     "error_curve",
     "summarize",
     "PassCounter",
+    "REFERENCE_COLUMNS",
+    "reference_cross_check",
     "CHEAP_BUDGETS",
 ]
 
@@ -77,11 +90,11 @@ __all__ = [
 ATTACKS = ("pgd", "cw", "boundary", "logbarrier")
 #: attacks that optimize the l2 distance only (their adversarials still count in linf)
 L2_ONLY = ("cw", "boundary")
-#: attacks that use gradients (the Boundary attack is the gradient-free reference)
-GRADIENT_ATTACKS = ("pgd", "cw", "logbarrier")
 
 ATTACK_COLUMNS = ["image", "label", "attack", "norm", "success", "dist_l2", "dist_linf"]
-BEST_COLUMNS = ["image", "label", "norm", "best", "best_attack"]
+#: ``reference.csv``: the attacks.csv columns, the radius of a fixed-eps attack (NaN for minimum-norm ones), and
+#: ``in_paper`` (always False: these attacks are not the paper's)
+REFERENCE_COLUMNS = ATTACK_COLUMNS + ["eps", "in_paper"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,16 @@ class AttackConfig:
             ``f``: it also fails when more than ``f`` of the re-attacked images improve their best distance by
             more than ``convergence_tol`` with the doubled budgets (see
             :func:`~paperlib.attacks.checks.check_convergence`).
+        reference_attacks: reference attacks run beside the paper's suite, *not in the paper* (default none;
+            see :mod:`paperlib.attacks.reference`): minimum-norm 'fab' (l2, linf), 'fmn' (linf), 'ddn' (l2), and
+            AutoAttack's fixed-eps 'apgd-ce', 'apgd-t', 'square' at the radii below, run as AutoAttack does:
+            each on the images the previous ones left robust at that radius. Their rows go to
+            ``reference.csv``; ``best.csv`` stays the paper's suite, ``best_all.csv`` is the best over both.
+        reference_eps_l2, reference_eps_linf: the radii of the fixed-eps reference attacks per norm (the
+            table radii, e.g. 2/255 and 8/255 in linf).
+        reference_steps: iterations of FAB, FMN, DDN, APGD-CE and APGD-T (per target) (AutoAttack: 100).
+        reference_queries: queries of the Square attack (AutoAttack: 5000).
+        reference_targets: target classes of APGD-T (AutoAttack: 9, at most the classes minus one).
         pgd_search_tol: per-image early stopping of MinimalPGD's bisection (its ``search_tol``; 0: off, the
             committed runs): an image leaves once its bracket is narrower than this fraction of its radius.
         pgd_growth: MinimalPGD's ``growth``, the factor by which its trial radius grows until PGD succeeds
@@ -179,6 +202,12 @@ class AttackConfig:
     boundary_diff_mask: bool = field(default=False, metadata={OMIT_AT_DEFAULT: True})
     boundary_initial_step: float = field(default=1e-2, metadata={OMIT_AT_DEFAULT: True})
     convergence_tail: Optional[float] = field(default=None, metadata={OMIT_AT_DEFAULT: True})
+    reference_attacks: tuple[str, ...] = field(default=(), metadata={OMIT_AT_DEFAULT: True})
+    reference_eps_l2: tuple[float, ...] = field(default=(), metadata={OMIT_AT_DEFAULT: True})
+    reference_eps_linf: tuple[float, ...] = field(default=(), metadata={OMIT_AT_DEFAULT: True})
+    reference_steps: int = field(default=100, metadata={OMIT_AT_DEFAULT: True})
+    reference_queries: int = field(default=5000, metadata={OMIT_AT_DEFAULT: True})
+    reference_targets: int = field(default=9, metadata={OMIT_AT_DEFAULT: True})
     pgd_search_tol: float = field(default=0.0, metadata={OMIT_AT_DEFAULT: True})
     pgd_growth: float = field(default=1.5, metadata={OMIT_AT_DEFAULT: True})
     pgd_patience: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
@@ -259,6 +288,52 @@ class AttackConfig:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{name}={v!r} must be an integer")
             (check_positive if name == "boundary_every" else check_nonnegative)(name, v)
+        self._check_reference()
+
+    def _check_reference(self) -> None:
+        """Validate and normalize the reference-attack fields (tuples in canonical order)."""
+        refs = (self.reference_attacks,) if isinstance(self.reference_attacks, str) else tuple(self.reference_attacks)
+        for a in refs:
+            check_choice("reference attack", a, REFERENCE_ATTACKS)
+        object.__setattr__(self, "reference_attacks", tuple(a for a in REFERENCE_ATTACKS if a in refs))
+        for norm in ("l2", "linf"):
+            name = f"reference_eps_{norm}"
+            raw = getattr(self, name)
+            radii = (raw,) if isinstance(raw, (int, float)) else tuple(raw)
+            for e in radii:
+                if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e <= 0:
+                    raise ConfigError(f"{name}={raw!r}: every radius must be a finite number > 0")
+                if norm == "linf" and e > 1:
+                    raise ConfigError(f"{name}={raw!r}: a linf radius above 1 is the whole image box")
+            if radii and norm not in self.norms:
+                raise ConfigError(f"{name}={raw!r} is given but norms={self.norms} has no {norm!r}")
+            object.__setattr__(self, name, tuple(sorted(dict.fromkeys(float(e) for e in radii))))
+        fixed = [a for a in self.reference_attacks if a in REFERENCE_FIXED_EPS]
+        if fixed and not (self.reference_eps_l2 or self.reference_eps_linf):
+            raise ConfigError(f"reference attacks {fixed} run at fixed radii: give reference_eps_l2 and/or "
+                              "reference_eps_linf")
+        for name in ("reference_steps", "reference_queries", "reference_targets"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name}={v!r} must be an integer")
+            check_positive(name, v)
+
+    def reference_jobs(self) -> list[tuple[str, str, Optional[float]]]:
+        """The reference (attack, norm, eps) triples, in order: minimum-norm ones (eps None), then per norm and
+        radius AutoAttack's fixed-eps attacks (none unless ``reference_attacks`` is set)."""
+        out: list[tuple[str, str, Optional[float]]] = []
+        for a in self.reference_attacks:
+            if a in REFERENCE_MINIMIZATION:
+                out.extend((a, n, None) for n in self.norms if n in REFERENCE_NORMS[a])
+        for n in self.norms:
+            for e in getattr(self, f"reference_eps_{n}"):
+                out.extend((a, n, e) for a in self.reference_attacks if a in REFERENCE_FIXED_EPS)
+        return out
+
+    def build_reference(self, attack: str, norm: str) -> Attack:
+        """The reference attack object for one reference job (AutoAttack's settings)."""
+        return reference_attack(attack, norm, steps=self.reference_steps, n_queries=self.reference_queries,
+                                n_target_classes=self.reference_targets)
 
     @classmethod
     def cheap(cls, **overrides: Any) -> "AttackConfig":
@@ -355,81 +430,6 @@ def attack_run_name(cfg: AttackConfig) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Distances -> errors
-# --------------------------------------------------------------------------------------------------
-
-
-def best_distances(attacks: pd.DataFrame, norms: Sequence[str] = ("l2", "linf")) -> pd.DataFrame:
-    """Per image and norm, the best (smallest) distance of a successful adversarial over all rows.
-
-    Args:
-        attacks: the ``attacks.csv`` table (columns :data:`ATTACK_COLUMNS`).
-        norms: the norms to report.
-
-    Returns:
-        The ``best.csv`` table: image, label, norm, best (0 for clean-misclassified, ``inf`` when no attack
-        succeeded), best_attack (``'<attack>-<norm>'``, ``'clean'`` or ``'none'``), sorted by norm, image.
-    """
-    out = []
-    if len(attacks) == 0:
-        return pd.DataFrame(columns=BEST_COLUMNS)
-    names = attacks["attack"].astype(str) + "-" + attacks["norm"].astype(str)
-    for norm in norms:
-        norm = normalize_norm(norm)
-        d = attacks[f"dist_{norm}"].astype(float).where(attacks["success"].astype(bool), math.inf)
-        frame = pd.DataFrame({"image": attacks["image"].values, "label": attacks["label"].values,
-                              "d": d.values, "who": names.values})
-        frame = frame.sort_values(["image", "d"], kind="mergesort")
-        first = frame.groupby("image", sort=True).head(1)
-        best_attack = np.where(first["d"].values == 0, "clean",
-                               np.where(np.isinf(first["d"].values), "none", first["who"].values))
-        out.append(pd.DataFrame({"image": first["image"].values, "label": first["label"].values, "norm": norm,
-                                 "best": first["d"].values, "best_attack": best_attack}))
-    return pd.concat(out, ignore_index=True)[BEST_COLUMNS]
-
-
-def _best_values(best: Any, norm: Optional[str]) -> np.ndarray:
-    if isinstance(best, pd.DataFrame):
-        if "norm" in best.columns:
-            present = sorted(set(best["norm"]))
-            if norm is None:
-                if len(present) != 1:
-                    raise ConfigError(f"best holds norms {present}; pass norm='l2' or norm='linf'")
-                norm = present[0]
-            norm = normalize_norm(norm)
-            best = best[best["norm"] == norm]
-        best = best["best"]
-    if isinstance(best, Tensor):
-        best = best.detach().cpu().numpy()
-    values = np.asarray(best, dtype=np.float64).reshape(-1)
-    if values.size == 0:
-        raise ConfigError("no best distances to compute an error from")
-    return values
-
-
-def empirical_error(best: Union[pd.DataFrame, pd.Series, np.ndarray, Tensor], eps: float,
-                    norm: Optional[str] = None) -> float:
-    """Empirical % error at ``eps``: ``100 * #{best distance <= eps} / #images``.
-
-    ``best`` is the ``best.csv`` table (pass ``norm`` when it holds both norms) or an array of best distances.
-    """
-    check_nonnegative("eps", eps)
-    values = _best_values(best, norm)
-    return float(100.0 * np.mean(values <= eps))
-
-
-def error_curve(best: Union[pd.DataFrame, pd.Series, np.ndarray, Tensor], eps_grid: Sequence[float],
-                norm: Optional[str] = None) -> pd.DataFrame:
-    """The error-vs-eps curve: a table with columns ``eps`` and ``error_pct`` (one row per grid point)."""
-    values = _best_values(best, norm)
-    grid = np.asarray(list(eps_grid), dtype=np.float64)
-    if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
-        raise ConfigError("eps_grid must be a non-empty sequence of finite numbers >= 0")
-    err = 100.0 * (values[None, :] <= grid[:, None]).mean(axis=1)
-    return pd.DataFrame({"eps": grid, "error_pct": err})
-
-
-# --------------------------------------------------------------------------------------------------
 # The suite
 # --------------------------------------------------------------------------------------------------
 
@@ -443,12 +443,16 @@ class SuiteResult:
         best: ``best.csv`` (one row per image and norm).
         checks: ``[(name, passed, message), ...]``.
         summary: per-job success rates, median distances and seconds per image; clean error.
+        reference: ``reference.csv`` (the reference attacks, not in the paper; None when none ran).
+        best_all: ``best_all.csv``: per image and norm the best over the paper's suite and the references.
     """
 
     attacks: pd.DataFrame
     best: pd.DataFrame
     checks: list
     summary: dict = field(default_factory=dict)
+    reference: Optional[pd.DataFrame] = None
+    best_all: Optional[pd.DataFrame] = None
 
     @property
     def passed(self) -> bool:
@@ -658,12 +662,21 @@ def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: A
     summary = summarize(attacks, best, info["seconds"], info["passes"])
     summary["convergence"] = convergence
     summary["checks_passed"] = all(c[1] for c in checks)
+    reference = best_all = None
+    if cfg.reference_attacks:
+        reference, ref_info = _reference_batches(model, x, y, idx, cfg, run=run, progress=progress)
+        best_all = best_distances(pd.concat([attacks, reference[ATTACK_COLUMNS]], ignore_index=True), cfg.norms)
+        summary["reference"] = _summarize_reference(attacks, best, reference, best_all, cfg, ref_info)
     if run is not None:
         run.write_table("attacks.csv", attacks)
         run.write_table("best.csv", best)
+        if reference is not None:
+            run.write_table("reference.csv", reference)
+            run.write_table("best_all.csv", best_all)
         run.write_json("checks.json", [{"name": c[0], "passed": bool(c[1]), "message": c[2]} for c in checks])
         run.write_json("summary.json", summary)
-    return SuiteResult(attacks=attacks, best=best, checks=checks, summary=summary)
+    return SuiteResult(attacks=attacks, best=best, checks=checks, summary=summary, reference=reference,
+                       best_all=best_all)
 
 
 def load_suite(run) -> SuiteResult:
@@ -676,7 +689,14 @@ def load_suite(run) -> SuiteResult:
     best["best_attack"] = best["best_attack"].astype(str)
     checks = [Check(c["name"], bool(c["passed"]), c["message"]) for c in run.read_json("checks.json")]
     summary = run.read_json("summary.json") if run.exists("summary.json") else {}
-    return SuiteResult(attacks=attacks, best=best, checks=checks, summary=summary)
+    reference = best_all = None
+    if run.exists("reference.csv"):
+        reference = run.read_table("reference.csv")
+        reference["success"] = reference["success"].astype(bool)
+        best_all = run.read_table("best_all.csv")
+        best_all["best_attack"] = best_all["best_attack"].astype(str)
+    return SuiteResult(attacks=attacks, best=best, checks=checks, summary=summary, reference=reference,
+                       best_all=best_all)
 
 
 def attack_model(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, run, *,
@@ -692,3 +712,156 @@ def attack_model(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: Attac
 
     load_or_run(run, compute, force=force)
     return load_suite(run)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference attacks (not in the paper; see paperlib.attacks.reference)
+# --------------------------------------------------------------------------------------------------
+
+
+def _reference_key(attack: str, norm: str, eps: Optional[float]) -> str:
+    """A reference job's name in the summary: ``'fab-l2'``, ``'apgd-ce-linf@0.0313725'``."""
+    return f"{attack}-{norm}" + ("" if eps is None else f"@{eps:.6g}")
+
+
+def _reference_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, *, run=None,
+                       progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Run :meth:`~paperlib.attacks.suite.AttackConfig.reference_jobs` batch by batch (resumable under the checkpoint tag 'reference').
+
+    A fixed-eps attack runs on the images no earlier fixed-eps attack of the same norm and radius broke
+    (AutoAttack's cascade), so an image has a row for each attack up to the first that broke it."""
+    from tqdm import tqdm
+
+    tag = "reference"
+    jobs = cfg.reference_jobs()
+    starts = list(range(0, len(x), cfg.batch_size))
+    state: dict[str, Any] = {"batches_done": 0, "rows": [], "seconds": {}, "passes": {}}
+    ck = run.load_checkpoint() if run is not None else None
+    if ck is not None and ck.get(tag, {}).get("batches_done") is not None:
+        state = ck[tag]
+    others = {k: v for k, v in (ck or {}).items() if k != tag}
+    counted = PassCounter(model)
+    bar = tqdm(total=len(starts) * len(jobs), desc="reference attacks", disable=not progress, leave=False,
+               initial=state["batches_done"] * len(jobs))
+    for b in range(state["batches_done"], len(starts)):
+        s = starts[b]
+        xb, yb, ib = x[s:s + cfg.batch_size], y[s:s + cfg.batch_size], idx[s:s + cfg.batch_size]
+        broken: dict[tuple[str, float], Tensor] = {}
+        for attack_name, norm, eps in jobs:
+            atk = cfg.build_reference(attack_name, norm)
+            todo = torch.ones(len(xb), dtype=torch.bool) if eps is None else ~broken.get(
+                (norm, eps), torch.zeros(len(xb), dtype=torch.bool))
+            rows = todo.nonzero().flatten()
+            counted.reset()
+            t0 = time.perf_counter()
+            if rows.numel():
+                kw = {} if eps is None else {"eps": eps}
+                res = atk(counted, xb[rows], yb[rows], seed=cfg.seed, keys=ib[rows], **kw)
+            dt = time.perf_counter() - t0
+            fwd, bwd = counted.reset()
+            key = _reference_key(attack_name, norm, eps)
+            state["seconds"][key] = state["seconds"].get(key, 0.0) + dt
+            prev = state["passes"].get(key, [0, 0])
+            state["passes"][key] = [prev[0] + fwd, prev[1] + bwd]
+            if rows.numel():
+                if eps is not None:
+                    done = broken.get((norm, eps), torch.zeros(len(xb), dtype=torch.bool)).clone()
+                    done[rows] = res.success.cpu()
+                    broken[(norm, eps)] = done
+                state["rows"].extend(zip(
+                    ib[rows].tolist(), yb[rows].tolist(), [attack_name] * len(rows), [norm] * len(rows),
+                    res.success.tolist(), res.dist_l2.tolist(), res.dist_linf.tolist(),
+                    [math.nan if eps is None else float(eps)] * len(rows), [False] * len(rows)))
+            bar.update(1)
+        state["batches_done"] = b + 1
+        if run is not None:
+            run.save_checkpoint({**others, tag: state})
+            run.log(f"{tag}: batch {b + 1}/{len(starts)} done")
+    bar.close()
+    table = pd.DataFrame(state["rows"], columns=REFERENCE_COLUMNS)
+    table["success"] = table["success"].astype(bool)
+    table["in_paper"] = table["in_paper"].astype(bool)
+    return table, {"seconds": state["seconds"], "passes": state["passes"]}
+
+
+def reference_cross_check(best: pd.DataFrame, reference: pd.DataFrame, norms: Sequence[str] = ("l2", "linf"),
+                          eps: Optional[dict] = None, tol: float = 0.01) -> dict:
+    """The suite against the reference attacks, per norm (issue 12's cross-check).
+
+    Args:
+        best: the paper's suite ``best.csv`` (one row per image and norm).
+        reference: ``reference.csv`` (:data:`~paperlib.attacks.suite.REFERENCE_COLUMNS`).
+        norms: the norms to compare.
+        eps: ``{norm: [radius, ...]}``: the fixed-eps radii to compare errors at (default: the radii in
+            ``reference``).
+        tol: relative slack of "as close as the references" (0.01: within 1%).
+
+    Returns:
+        Per norm: ``n_images`` (the images the model classifies correctly), ``within_pct``: % of them whose
+        suite best is at most ``(1 + tol)`` times the smallest distance of any successful reference adversarial
+        (images no reference broke count as within), ``closer_by_10pct``: % where a reference is more than 10%
+        closer, ``median_ratio``: median of suite best / reference minimum over images both broke; and
+        ``errors``: per radius the empirical % error of the suite (``suite``), of AutoAttack's fixed-eps attacks
+        (``autoattack``: an image counts when clean-misclassified or broken by APGD-CE, APGD-T or Square at that
+        radius) and of the best over both (``best_of_all``).
+    """
+    out: dict[str, Any] = {}
+    for norm in norms:
+        norm = normalize_norm(norm)
+        b = best[best["norm"] == norm].set_index("image")["best"].astype(float)
+        ref = reference[reference["norm"] == norm]
+        d = ref[f"dist_{norm}"].astype(float).where(ref["success"].astype(bool), math.inf)
+        ref_min = pd.Series(d.values, index=ref["image"].values).groupby(level=0).min().reindex(b.index,
+                                                                                            fill_value=math.inf)
+        correct = b.index[b.values > 0]  # clean-misclassified images have best 0 in every table
+        bc, rc = b.reindex(correct).values, ref_min.reindex(correct).values
+        within = bc <= (1 + tol) * rc
+        both = np.isfinite(bc) & np.isfinite(rc)
+        res: dict[str, Any] = {
+            "n_images": int(len(correct)),
+            "within_pct": float(100 * within.mean()) if len(correct) else float("nan"),
+            "closer_by_10pct": float(100 * (rc * 1.1 < bc).mean()) if len(correct) else float("nan"),
+            "median_ratio": float(np.median(bc[both] / rc[both])) if both.any() else float("nan"),
+        }
+        radii = (eps or {}).get(norm)
+        fixed = ref[ref["attack"].isin(REFERENCE_FIXED_EPS)]
+        if radii is None:
+            radii = sorted(set(fixed["eps"].dropna().astype(float)))
+        errors = {}
+        all_min = np.minimum(b.values, ref_min.reindex(b.index).values)
+        for e in radii:
+            at = fixed[np.isclose(fixed["eps"].astype(float), e, rtol=1e-9, atol=0)]
+            hit = set(at.loc[at["success"].astype(bool), "image"]) | set(b.index[b.values == 0])
+            errors[f"{e:.6g}"] = {
+                "suite": float(100 * np.mean(b.values <= e)),
+                "autoattack": float(100 * np.mean([i in hit for i in b.index])),
+                "best_of_all": float(100 * np.mean(all_min <= e)),
+            }
+        res["errors"] = errors
+        out[norm] = res
+    return out
+
+
+def _summarize_reference(attacks: pd.DataFrame, best: pd.DataFrame, reference: pd.DataFrame,
+                         best_all: pd.DataFrame, cfg: AttackConfig, info: dict) -> dict:
+    """The summary's ``reference`` entry: per reference job its success, median distance, passes and seconds
+    per image (over all the suite's images); the cross-check; the paper suite's vs the best-of-all medians."""
+    n = max(1, int(attacks["image"].nunique()))
+    jobs: dict[str, Any] = {}
+    for name, norm, eps in cfg.reference_jobs():
+        key = _reference_key(name, norm, eps)
+        g = reference[(reference["attack"] == name) & (reference["norm"] == norm)]
+        g = g[g["eps"].isna()] if eps is None else g[np.isclose(g["eps"].astype(float), eps, rtol=1e-9, atol=0)]
+        ok = g[g["success"] & (g[f"dist_{norm}"] > 0)]
+        fwd, bwd = info["passes"].get(key, [0, 0])
+        jobs[key] = {"attacked": int(len(g)), "success_pct": float(100 * g["success"].mean()) if len(g) else None,
+                     f"median_{norm}": float(ok[f"dist_{norm}"].median()) if len(ok) else None,
+                     "seconds_per_image": info["seconds"].get(key, 0.0) / n, "forward_passes_per_image": fwd / n,
+                     "backward_passes_per_image": bwd / n}
+    eps = {nrm: list(getattr(cfg, f"reference_eps_{nrm}")) for nrm in cfg.norms}
+    out: dict[str, Any] = {"in_paper": False, "jobs": jobs,
+                           "cross_check": reference_cross_check(best, reference, cfg.norms, eps)}
+    for nrm in cfg.norms:
+        out[f"median_best_{nrm}"] = {"paper_suite": float(best[best["norm"] == nrm]["best"].median()),
+                                     "best_of_all": float(best_all[best_all["norm"] == nrm]["best"].median())}
+    return out

@@ -29,7 +29,7 @@ from torch import nn
 
 from paperlib.config import ConfigError, check_positive, normalize_norm
 from paperlib.losses import margin_loss
-from paperlib.bounds.sampling import perturb_in_box, sample_uniform_sphere
+from paperlib.norms import get_norm, perturb_in_box
 from paperlib.bounds.statistics import eval_mode, model_device
 
 __all__ = ["ascent_residuals", "ascent_passes"]
@@ -46,24 +46,6 @@ def _check_int(name: str, value, minimum: int) -> int:
 def ascent_passes(steps: int, starts: int) -> int:
     """Forward-and-backward passes per image and radius of :func:`ascent_residuals`."""
     return int(starts) * (int(steps) + 1)
-
-
-def _project(v: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    if norm == "linf":
-        return v.clamp(-eps, eps)
-    flat = v.reshape(v.shape[0], -1)
-    n = flat.norm(dim=1, keepdim=True)
-    factor = torch.where(n > eps, eps / n.clamp_min(1e-300), torch.ones_like(n))
-    return (flat * factor).view_as(v)
-
-
-def _direction(g: torch.Tensor, norm: str) -> torch.Tensor:
-    """Steepest-ascent direction of a unit step: ``g / ||g||_2`` (l2; 0 where g = 0) or ``sign(g)`` (linf)."""
-    if norm == "linf":
-        return g.sign()
-    flat = g.reshape(g.shape[0], -1)
-    n = flat.norm(dim=1, keepdim=True)
-    return torch.where(n > 0, flat / n.clamp_min(1e-300), torch.zeros_like(flat)).view_as(g)
 
 
 def ascent_residuals(
@@ -98,7 +80,7 @@ def ascent_residuals(
     Returns:
         float64 tensor ``[n, starts]`` (CPU): per image and start, the largest residual of any iterate.
     """
-    norm = normalize_norm(norm)
+    ball = get_norm(normalize_norm(norm))
     check_positive("eps", eps)
     _check_int("steps", steps, 0)
     _check_int("starts", starts, 1)
@@ -123,14 +105,10 @@ def ascent_residuals(
             l_x, g_x = loss_grad(xb, yb)
             shape = xb.shape[1:]
             # Starts: +-eps along the steepest-ascent direction, then random points on the sphere / corners.
-            d = _direction(g_x, norm) * eps
+            d = ball.direction(g_x) * eps
             v0 = [d, -d]
             for _ in range(max(starts - 2, 0)):
-                if norm == "l2":
-                    u = sample_uniform_sphere(b, shape, generator=generator, dtype=torch.float64)
-                else:
-                    u = torch.rand((b, *shape), generator=generator, device=generator.device,
-                                   dtype=torch.float64).mul(2).sub(1).sign()
+                u = ball.sample_extreme(b, shape, generator=generator)
                 v0.append(u.to(device=device, dtype=dtype) * eps)
             v = torch.stack(v0[:starts], dim=1).reshape(b * starts, *shape)
             xs = xb.repeat_interleave(starts, dim=0)
@@ -146,7 +124,7 @@ def ascent_residuals(
                 best = torch.maximum(best, r)
                 if t == steps:
                     break
-                v = _project(v + alpha * _direction(gv - gs, norm), eps, norm)
+                v = ball.project(v + alpha * ball.direction(gv - gs), eps)
                 if clip:
                     v = perturb_in_box(xs, v)
             out[s : s + b] = best.view(b, starts).cpu()

@@ -3,14 +3,22 @@
 Both load the trained model of a run directory (``paperlib.training.load_trained``), draw the same test
 images as the attack suite (``sample_images(load_dataset(dataset, 'test'), n_images, image_seed)``), and
 write a sub-run of the model's run: ``bounds-<norm>/`` (bounds.csv, evt.json, certified_error.csv,
-metrics.json) or ``certify-sigma<sigma>/`` (certify.csv, certified_error.csv, metrics.json). A finished
-sub-run with the same settings is loaded and printed instead of recomputed; changed settings need ``--force``.
-``bound`` also audits the bounds against the attack suite's ``best.csv`` when it exists.
+metrics.json) or, per sigma, ``certify-sigma<sigma>/`` (``certify-sigma<sigma>-n<n>/`` from n = 10,000 noise
+samples on; certify.csv, certified_error.csv, metrics.json). A finished sub-run with the same settings is loaded
+and printed instead of recomputed; changed settings need ``--force``. ``bound`` also audits the bounds against
+the attack suite's ``best.csv`` when it exists; ``certify`` with several sigmas also prints the envelope (the
+minimum over sigma of the certified error at each radius).
+
+An option left out takes the default of the config dataclass (:class:`~paperlib.bounds.lipschitz.BoundConfig`,
+:class:`~paperlib.bounds.smoothing.CertifyConfig`), except the image count and batch size of ``bound`` (the
+profile's) and, with ``certify --grid``, the profile's certification grid
+(:func:`~paperlib.reproduce.certify_grid_configs`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +26,19 @@ from paperlib.config import ConfigError, parse_number
 
 __all__ = ["add_parser", "cmd_bound", "cmd_certify"]
 
+#: ``paperlib bound`` options that are BoundConfig fields of the same name, taken from the command line when given
+BOUND_OPTIONS = ("norm", "image_seed", "top_k", "lipschitz", "omega_samples", "omega_images", "eps_max", "grid_size",
+                 "tail_prob", "seed", "omega_ascent_steps", "omega_ascent_starts", "omega_per_image", "evt_maxima",
+                 "lipschitz_samples", "omega_extend", "evt_tail")
 
-def _load(run_path: str, n_images: int | None, image_seed: int, data_root: str | None,
-          device: str = "cpu") -> tuple[Any, ...]:
-    """Model (on ``device``), its TrainConfig, the profile's defaults, and the test images ``(x, y, idx)``
-    (on ``device``)."""
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def _load_model(run_path: str, device: str = "cpu") -> tuple[Any, ...]:
+    """Model (on ``device``), its TrainConfig, its profile (or None) and its dataset's name."""
     from paperlib.config import check_device, get_profile
-    from paperlib.data import check_split_count, dataset_info, load_dataset, sample_images
     from paperlib.training import load_trained  # the training area's loader; imported lazily
 
     path = Path(run_path)
@@ -41,14 +55,24 @@ def _load(run_path: str, n_images: int | None, image_seed: int, data_root: str |
     dataset = getattr(tcfg, "dataset", None) or (profile.dataset if profile is not None else None)
     if dataset is None:
         raise ConfigError(f"cannot tell which dataset the model of {run_path} was trained on")
-    n = n_images if n_images is not None else (profile.n_images if profile is not None else 1000)
+    return model, tcfg, profile, dataset
+
+
+def _images(dataset: str, n: int, image_seed: int, data_root: str | None, device: str = "cpu") -> tuple[Any, ...]:
+    """The test images ``(x, y, idx)`` of the attack suite's draw (x and y on ``device``)."""
+    from paperlib.data import check_split_count, load_dataset, sample_images
+
     check_split_count("--n-images", n, dataset, "test")
     x, y, idx = sample_images(load_dataset(dataset, "test", root=data_root), n, image_seed)
-    return model, tcfg, profile, dataset_info(dataset).num_classes, x.to(device), y.to(device), idx
+    return x.to(device), y.to(device), idx
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _table(frame: Any) -> str:
+    return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="beyond n")
 
 
 def cmd_bound(args: argparse.Namespace) -> int:
@@ -57,13 +81,15 @@ def cmd_bound(args: argparse.Namespace) -> int:
     from paperlib.bounds.lipschitz import BoundConfig, run_bounds
     from paperlib.reproduce import stage_subrun
 
-    model, _, profile, _, x, y, idx = _load(args.run, args.n_images, args.image_seed, args.data_root, args.device)
-    batch = args.batch_size or (profile.eval_batch_size if profile is not None else 250)
-    cfg = BoundConfig(
-        norm=args.norm, n_images=int(x.shape[0]), image_seed=args.image_seed, top_k=args.top_k,
-        lipschitz=args.lipschitz, omega_samples=args.omega_samples, omega_images=args.omega_images,
-        eps_max=args.eps_max, grid_size=args.grid_size, tail_prob=args.tail_prob, batch_size=batch, seed=args.seed,
-    )
+    kw = {k: getattr(args, k) for k in BOUND_OPTIONS if getattr(args, k) is not None}
+    BoundConfig(**kw)  # validate the options before loading anything
+    model, _, profile, dataset = _load_model(args.run, args.device)
+    n = args.n_images if args.n_images is not None else (profile.n_images if profile is not None else 1000)
+    image_seed = kw.get("image_seed", _defaults(BoundConfig)["image_seed"])
+    x, y, idx = _images(dataset, n, image_seed, args.data_root, args.device)
+    batch = args.batch_size or (profile.eval_batch_size if profile is not None
+                                else _defaults(BoundConfig)["batch_size"])
+    cfg = BoundConfig(n_images=int(x.shape[0]), batch_size=batch, **kw)
     run = stage_subrun(args.run, cfg)
     result = run_bounds(model, x, y, idx, cfg, run, force=args.force, progress=not args.no_progress)
     m = result.metrics
@@ -71,6 +97,10 @@ def cmd_bound(args: argparse.Namespace) -> int:
     for key in ("clean_error", "lipschitz_evt", "lipschitz_evt_method", "lipschitz_empirical_max", "mean_l_bound",
                 "mean_l_bound_empirical_max", "mean_omega_distance", "grad_norm_mean", "grad_norm_max"):
         print(f"  {key:<28} {_fmt(m[key])}")
+    for key in ("mean_omega_distance_adversarial", "omega_distance_adversarial_at_cap_percent",
+                "omega_adversarial_fits_rejected", "mean_omega_distance_adversarial_per_image"):
+        if key in m:  # with --omega-ascent-steps (and --omega-per-image)
+            print(f"  {key:<28} {_fmt(m[key])}")
     print(result.certified.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     audit = audit_model_run(args.run)
     if audit.empty:
@@ -83,66 +113,129 @@ def cmd_bound(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_certify(args: argparse.Namespace) -> int:
-    """``paperlib certify <run> --sigma S``: randomized-smoothing certificates of one trained model."""
-    from paperlib.bounds.smoothing import CertifyConfig, run_certify
-    from paperlib.reproduce import stage_subrun
-
-    cfg_kw = dict(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
-                  image_seed=args.image_seed, seed=args.seed)
+def _certify_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The CertifyConfig fields given on the command line (sigma and n_images excluded)."""
+    kw: dict[str, Any] = {}
+    for opt, name in (("n0", "n0"), ("n_samples", "n"), ("alpha", "alpha"), ("batch_size", "batch_size"),
+                      ("image_seed", "image_seed"), ("seed", "seed")):
+        if getattr(args, opt) is not None:
+            kw[name] = getattr(args, opt)
     if args.radii:
-        cfg_kw["radii"] = tuple(args.radii)
-    CertifyConfig(n_images=1, **cfg_kw)  # validate the options before loading anything
-    n_images = args.n_images if args.n_images is not None else 500
-    model, _, _, num_classes, x, y, idx = _load(args.run, n_images, args.image_seed, args.data_root, args.device)
-    cfg = CertifyConfig(n_images=int(x.shape[0]), **cfg_kw)
-    run = stage_subrun(args.run, cfg)
-    result = run_certify(model, x, y, idx, cfg, run, num_classes=num_classes, force=args.force,
-                         progress=not args.no_progress)
-    m = result.metrics
-    print(f"randomized smoothing of {args.run} (sigma {cfg.sigma:g}, n {cfg.n}, {m['n_images']} images) -> {run.path}")
-    for key in ("smoothed_error", "abstain_rate", "mean_radius", "seconds_per_image"):
-        print(f"  {key:<20} {_fmt(m[key])}")
-    print(result.certified.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        kw["radii"] = tuple(args.radii)
+    return kw
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    """``paperlib certify <run> --sigma S [S ...]``: randomized-smoothing certificates of one trained model, per
+    sigma, and their envelope over sigma."""
+    from paperlib.bounds.smoothing import CertifyConfig, max_certifiable_radius, run_certify, smoothing_envelope
+    from paperlib.reproduce import certify_grid_configs, stage_subrun
+
+    if args.old_n is not None:
+        raise ConfigError(f"--n {args.old_n} is not an option of certify: write --n-samples {args.old_n} for noise "
+                          "samples per image (what --n meant here), or --n-images for test images (what --n means "
+                          "for `paperlib attack`)")
+    kw = _certify_options(args)
+    sigmas = list(args.sigma) if args.sigma else None
+    if sigmas is not None and len(set(sigmas)) != len(sigmas):
+        raise ConfigError(f"--sigma {' '.join(f'{s:g}' for s in sigmas)} repeats a sigma; give each once")
+    if not args.grid:
+        sigmas = sigmas or [_defaults(CertifyConfig)["sigma"]]
+        for s in sigmas:
+            CertifyConfig(sigma=s, n_images=args.n_images or 1, **kw)  # validate the options before loading anything
+    model, _, profile, dataset = _load_model(args.run, args.device)
+    if args.grid:
+        if profile is None:
+            raise ConfigError(f"--grid needs the model's profile, and the model of {args.run} has none; give "
+                              "--sigma, --n-samples and --n-images instead")
+        grid = certify_grid_configs(profile.name)
+        base = dataclasses.replace(next(iter(grid.values())), **kw)
+        sigmas = sigmas or list(grid)
+        n_images = args.n_images if args.n_images is not None else base.n_images
+        configs = [dataclasses.replace(base, sigma=s, n_images=n_images) for s in sigmas]
+    else:
+        n_images = args.n_images if args.n_images is not None else _defaults(CertifyConfig)["n_images"]
+        configs = [CertifyConfig(sigma=s, n_images=n_images, **kw) for s in sigmas]
+    image_seed = configs[0].image_seed
+    x, y, idx = _images(dataset, n_images, image_seed, args.data_root, args.device)
+    from paperlib.data import dataset_info
+
+    num_classes = dataset_info(dataset).num_classes
+    results = []
+    for cfg in configs:
+        run = stage_subrun(args.run, cfg)
+        result = run_certify(model, x, y, idx, cfg, run, num_classes=num_classes, force=args.force,
+                             progress=not args.no_progress)
+        results.append(result)
+        m = result.metrics
+        print(f"randomized smoothing of {args.run} (sigma {cfg.sigma:g}, n {cfg.n}, alpha {cfg.alpha:g}, "
+              f"{m['n_images']} images) -> {run.path}")
+        for key in ("smoothed_error", "abstain_rate", "mean_radius", "seconds_per_image"):
+            print(f"  {key:<24} {_fmt(m[key])}")
+        print(f"  {'max_certifiable_radius':<24} {_fmt(max_certifiable_radius(cfg.n, cfg.alpha, cfg.sigma))}")
+        print(_table(result.certified))
+    if len(results) > 1:
+        print("envelope over sigma (certified % error, abstentions count as errors; the minimum over sigma):")
+        print(_table(smoothing_envelope(results)))
     return 0
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``bound`` and ``certify`` on the top-level ``paperlib`` parser's sub-parsers."""
+    dflt = "(default: BoundConfig's)"
     p = subparsers.add_parser("bound", help="L-bound, omega-bound and extreme-value estimates of a trained model")
     p.add_argument("run", help="the trained model's run directory, e.g. runs/fmnist/undefended")
-    p.add_argument("--norm", default="l2", help="attack norm: l2 or linf (gradients use the dual norm)")
+    p.add_argument("--norm", default=None, help=f"attack norm: l2 or linf (gradients use the dual norm) {dflt}")
     p.add_argument("--n-images", type=int, default=None, help="test images (default: the profile's n_images)")
-    p.add_argument("--image-seed", type=int, default=0, help="seed of the image draw (same as the attacks')")
-    p.add_argument("--top-k", type=int, default=1, help="top-k loss (5 for ImageNet top-5)")
-    p.add_argument("--lipschitz", default="evt", choices=["evt", "empirical-max"],
-                   help="L used by the l_bound column (both are stored)")
-    p.add_argument("--omega-samples", type=int, default=16, help="perturbations per image and radius")
+    p.add_argument("--image-seed", type=int, default=None, help=f"seed of the image draw (same as the attacks') {dflt}")
+    p.add_argument("--top-k", type=int, default=None, help=f"top-k loss (5 for ImageNet top-5) {dflt}")
+    p.add_argument("--lipschitz", default=None, choices=["evt", "empirical-max"],
+                   help=f"L used by the l_bound column (both are stored) {dflt}")
+    p.add_argument("--omega-samples", type=int, default=None, help=f"perturbations per image and radius {dflt}")
     p.add_argument("--omega-images", type=int, default=None, help="images used for omega (default: all)")
     p.add_argument("--eps-max", type=parse_number, default=None,
                    help="largest grid radius, [0, 1] pixel units, e.g. 0.125 or 32/255 (default 2.0 l2, 32/255 linf; "
                    "linf radii are at most 1)")
-    p.add_argument("--grid-size", type=int, default=20, help="evenly spaced grid radii")
-    p.add_argument("--tail-prob", type=float, default=1e-3, help="EVT tail probability p (quantile 1-p)")
+    p.add_argument("--grid-size", type=int, default=None, help=f"evenly spaced grid radii {dflt}")
+    p.add_argument("--tail-prob", type=float, default=None, help=f"EVT tail probability p (quantile 1-p) {dflt}")
     p.add_argument("--batch-size", type=int, default=None, help="images per pass (default: the profile's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the perturbations and batch shuffles")
+    p.add_argument("--seed", type=int, default=None, help=f"seed of the perturbations and batch shuffles {dflt}")
+    a = p.add_argument_group("omega and extreme-value estimators (BoundConfig's Other Parameters)")
+    a.add_argument("--omega-ascent-steps", type=int, default=None,
+                   help=f"> 0: also the adversarial omega (projected gradient ascent, this many steps) {dflt}")
+    a.add_argument("--omega-ascent-starts", type=int, default=None, help=f"ascent starts per image and radius {dflt}")
+    a.add_argument("--omega-per-image", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"also bound every image with its own adversarial omega {dflt}")
+    a.add_argument("--evt-maxima", type=int, default=None,
+                   help=f"pool the samples into at least this many batch maxima for the GEV fits {dflt}")
+    a.add_argument("--lipschitz-samples", type=int, default=None,
+                   help=f"dual gradient norms per image for L (1: at the image only) {dflt}")
+    a.add_argument("--omega-extend", type=float, default=None,
+                   help=f"factor q > 1: extend the omega-distance search beyond eps_max by powers of q {dflt}")
+    a.add_argument("--evt-tail", default=None, help=f"GEV shape: 'any' or 'bounded' (reverse Weibull) {dflt}")
     p.add_argument("--data-root", default=None, help="dataset directory (default: the usual places)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--force", action="store_true", help="recompute even if a finished or different run exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bound)
 
+    dflt = "(default: CertifyConfig's)"
     p = subparsers.add_parser("certify", help="randomized-smoothing certification (Cohen et al. 2019)")
     p.add_argument("run", help="the trained model's run directory")
-    p.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units (e.g. 0.25)")
-    p.add_argument("--n0", type=int, default=100, help="selection samples per image")
-    p.add_argument("--n", type=int, default=100_000, help="estimation samples per image")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    p.add_argument("--batch-size", type=int, default=1000, help="noisy copies per forward pass")
-    p.add_argument("--n-images", type=int, default=None, help="test images (default 500)")
-    p.add_argument("--image-seed", type=int, default=0, help="seed of the image draw (same as the attacks')")
-    p.add_argument("--radii", type=float, nargs="+", default=None, help="l2 radii for certified error")
-    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--sigma", type=float, nargs="+", default=None,
+                   help=f"noise level(s) in [0,1] pixel units, e.g. --sigma 0.25 0.5 1.0 {dflt}")
+    p.add_argument("--grid", action="store_true",
+                   help="the profile's certification grid (paperlib.reproduce.certify_grid_configs: sigma 0.25, 0.5, "
+                   "1.0; fmnist: n 10000 on 500 images); other options given here override it")
+    p.add_argument("--n0", type=int, default=None, help=f"selection samples per image {dflt}")
+    p.add_argument("--n-samples", type=int, default=None, help=f"estimation (noise) samples per image {dflt}")
+    p.add_argument("--n", dest="old_n", default=None, help=argparse.SUPPRESS)  # renamed: a clear error, not a prefix
+    p.add_argument("--alpha", type=float, default=None, help=f"failure probability {dflt}")
+    p.add_argument("--batch-size", type=int, default=None, help=f"noisy copies per forward pass {dflt}")
+    p.add_argument("--n-images", type=int, default=None, help=f"test images {dflt}")
+    p.add_argument("--image-seed", type=int, default=None, help=f"seed of the image draw (same as the attacks') {dflt}")
+    p.add_argument("--radii", type=float, nargs="+", default=None, help=f"l2 radii for certified error {dflt}")
+    p.add_argument("--seed", type=int, default=None, help=f"noise seed {dflt}")
     p.add_argument("--data-root", default=None, help="dataset directory (default: the usual places)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--force", action="store_true", help="recompute even if a finished or different run exists")

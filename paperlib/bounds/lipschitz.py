@@ -59,6 +59,7 @@ from paperlib.losses import LOSSES, MARGIN_L0, get_loss
 from paperlib.bounds.evt import GEVFit, estimate_supremum
 from paperlib.bounds.sampling import make_generator, perturb_in_box, sample_uniform_ball
 from paperlib.bounds.statistics import ImageStatistics, eval_mode, image_statistics, model_device
+from paperlib.norms import get_norm
 
 __all__ = [
     "BoundConfig",
@@ -559,8 +560,7 @@ def estimate_label(fit: GEVFit | dict[str, Any]) -> str:
 def box_diameter(shape: Sequence[int], norm: str) -> float:
     """Diameter of the [0, 1] box of inputs of ``shape`` in ``norm``: ``sqrt(N)`` (l2) or 1 (linf). No two images
     in the box are further apart, so no adversarial needs a larger perturbation."""
-    n = int(np.prod([int(s) for s in shape]))
-    return math.sqrt(n) if normalize_norm(norm) == "l2" else 1.0
+    return get_norm(normalize_norm(norm)).box_diameter(shape)
 
 
 def ball_gradient_norms(

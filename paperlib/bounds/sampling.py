@@ -13,6 +13,10 @@ The threat model keeps images in [0, 1]. :func:`perturb_in_box` returns the clip
 ``clip(x + v, 0, 1) - x``; since ``x`` itself lies in [0, 1], clipping moves every coordinate towards ``x``,
 so the clipped perturbation is still inside the eps-ball (it is no longer uniform there: the box cuts the
 ball, and the part of the ball outside the box is not part of the threat model).
+
+The samplers themselves are the norms' (:meth:`paperlib.norms.Norm.sample_ball`,
+:func:`paperlib.norms.sample_uniform_sphere`, :func:`paperlib.norms.perturb_in_box`); this module validates the
+arguments of the bounds' calls and re-exports them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Sequence
 import torch
 
 from paperlib.config import ConfigError, normalize_norm
+from paperlib.norms import get_norm, perturb_in_box, sample_uniform_sphere
 
 __all__ = ["sample_uniform_ball", "sample_uniform_sphere", "perturb_in_box", "make_generator"]
 
@@ -41,20 +46,6 @@ def _check_eps(eps: float | torch.Tensor, n: int) -> torch.Tensor:
         bad = eps if eps_t.ndim == 0 else eps_t[(eps_t <= 0) | ~torch.isfinite(eps_t)][0].item()
         raise ConfigError(f"eps={bad!r} must be a finite number > 0 (radius of the ball, in [0,1] pixel units)")
     return eps_t
-
-
-def sample_uniform_sphere(
-    n: int, shape: Sequence[int], *, generator: torch.Generator, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """``n`` directions uniform on the unit l2 sphere of ``R^N``, ``N = prod(shape)``. Shape ``[n, *shape]``."""
-    shape = tuple(int(s) for s in shape)
-    g = torch.randn((n, *shape), generator=generator, device=generator.device, dtype=torch.float64)
-    flat = g.view(n, -1)
-    norms = flat.norm(dim=1, keepdim=True)
-    # A Gaussian vector is 0 with probability 0; guard anyway so no NaN can come out.
-    flat = torch.where(norms > 0, flat / norms.clamp_min(1e-300), torch.zeros_like(flat))
-    flat[(norms.squeeze(1) == 0), 0] = 1.0
-    return flat.view(n, *shape).to(dtype)
 
 
 def sample_uniform_ball(
@@ -83,25 +74,4 @@ def sample_uniform_ball(
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ConfigError(f"n={n!r} must be a non-negative integer")
     eps_t = _check_eps(eps, n)
-    shape = tuple(int(s) for s in shape)
-    dim = 1
-    for s in shape:
-        dim *= s
-    dev = generator.device
-    if norm == "l2":
-        direction = sample_uniform_sphere(n, shape, generator=generator, dtype=torch.float64)
-        u = torch.rand(n, generator=generator, device=dev, dtype=torch.float64)
-        radius = u.pow(1.0 / dim)
-        unit = direction * radius.view(n, *([1] * len(shape)))
-    else:
-        unit = torch.rand((n, *shape), generator=generator, device=dev, dtype=torch.float64) * 2.0 - 1.0
-    scale = eps_t.to(dev).view(-1, *([1] * len(shape))) if eps_t.ndim == 1 else eps_t.to(dev)
-    return (unit * scale).to(dtype)
-
-
-def perturb_in_box(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The perturbation actually applied when ``x + v`` is clipped to [0, 1]: ``clip(x + v, 0, 1) - x``.
-
-    Shapes of ``x`` and ``v`` broadcast; the result has ``||result|| <= ||v||`` in every norm.
-    """
-    return (x + v).clamp(0.0, 1.0) - x
+    return get_norm(norm).sample_ball(n, shape, eps_t, generator=generator, dtype=dtype)

@@ -16,11 +16,20 @@ then ``g`` is constant within radius ``sigma * Phi^-1(pA)`` of ``x``.
 
 Noise is drawn in batches of ``batch_size`` from an explicit ``torch.Generator``; :func:`run_certify` seeds one
 per image from ``(seed, image index)``, so an image's certificate does not depend on which other images are
-certified, nor on resuming. "Certified error at radius r" counts abstentions and wrong answers as errors.
+certified, nor on resuming, nor on ``batch_size`` (the noise stream is the same for every split into batches:
+rows padded to a multiple of 16 values, see ``Smooth._sample_noise``). "Certified error at radius r" counts
+abstentions and wrong answers as errors.
+
+With ``n`` samples no radius above :func:`~paperlib.bounds.smoothing.max_certifiable_radius`
+``= sigma * Phi^-1(alpha^(1/n))`` can be certified, whatever the model:
+:func:`~paperlib.bounds.smoothing.certified_error_table` reports such radii as NaN with ``beyond_n = True``
+instead of the 100% the count gives there, and :func:`~paperlib.bounds.smoothing.smoothing_envelope` takes the
+minimum over sigma of the certified error at each radius (Cohen et al.'s envelope over noise levels).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -53,6 +62,9 @@ __all__ = [
     "max_certifiable_radius",
     "CertifyConfig",
     "CertifyResult",
+    "certify_configs",
+    "certified_error_table",
+    "smoothing_envelope",
     "image_generator",
     "run_certify",
     "load_certify",
@@ -180,7 +192,16 @@ class Smooth:
     def _sample_noise(
         self, x: torch.Tensor, num: int, batch_size: int, generator: torch.Generator, progress: bool = False
     ) -> np.ndarray:
-        """Per-class counts of ``f(x + delta)`` over ``num`` Gaussian draws (``ndarray[int]`` of length K)."""
+        """Per-class counts of ``f(x + delta)`` over ``num`` Gaussian draws (``ndarray[int64]`` of length K).
+
+        The noise is drawn in float32 from ``generator`` (on its device), ``batch_size`` copies at a time, into
+        one reused buffer; the forward passes run under :func:`torch.inference_mode` in the model's dtype (float32
+        for every paperlib model), and the counts accumulate as int64 on the model's device (one transfer at the
+        end). Each copy's noise is a row of ``D`` values padded to a multiple of 16: torch's CPU Gaussian sampler
+        turns uniforms into normals in blocks of 16 and redraws the tail of a draw whose size is not a multiple of
+        16, so without the padding the noise would depend on how ``num`` is split into batches. Image sizes of the
+        paper's datasets (784, 3072, 150528 values) are multiples of 16, where the padding changes nothing.
+        """
         batch_size = _check_count("batch_size", batch_size)
         if x.ndim != 3:
             raise ConfigError(f"x must be one image [C, H, W]; got shape {tuple(x.shape)}")
@@ -189,23 +210,26 @@ class Smooth:
         device = model_device(self.base_classifier)
         dtype = next((p.dtype for p in self.base_classifier.parameters() if p.is_floating_point()), x.dtype)
         xd = x.to(device=device, dtype=dtype)
-        counts = np.zeros(self.num_classes, dtype=np.int64)
+        d = x.numel()
+        padded = -(-d // 16) * 16
+        buffer = torch.empty((min(batch_size, num), padded), device=generator.device, dtype=torch.float32)
+        counts = torch.zeros(self.num_classes, dtype=torch.int64, device=device)
         remaining = num
-        with eval_mode(self.base_classifier), torch.no_grad(), \
+        with eval_mode(self.base_classifier), torch.inference_mode(), \
                 tqdm(total=num, desc="noise samples", disable=not progress, leave=False) as bar:
             while remaining > 0:
                 b = min(batch_size, remaining)
                 remaining -= b
-                noise = torch.randn((b, *x.shape), generator=generator, device=generator.device, dtype=dtype)
-                batch = xd.unsqueeze(0) + noise.to(device) * self.sigma
+                noise = torch.randn((b, padded), generator=generator, out=buffer[:b])[:, :d]
+                noise = noise.to(device=device, dtype=dtype).reshape(b, *x.shape)
+                batch = xd.unsqueeze(0) + noise * self.sigma
                 logits = self.base_classifier(batch)
                 if check_logits(logits, b) != self.num_classes:
                     raise ConfigError(f"num_classes={self.num_classes} but the model returns logits for "
                                       f"{logits.shape[1]} classes")
-                predictions = logits.argmax(dim=1)
-                counts += torch.bincount(predictions, minlength=self.num_classes).cpu().numpy()[: self.num_classes]
+                counts += torch.bincount(logits.argmax(dim=1), minlength=self.num_classes)[: self.num_classes]
                 bar.update(b)
-        return counts
+        return counts.cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,6 +283,39 @@ class CertifyConfig:
         object.__setattr__(self, "radii", tuple(float(r) for r in radii))
 
 
+def certify_configs(base: CertifyConfig, sigma: float | Sequence[float] | None = None,
+                    n: int | None = None) -> list[CertifyConfig]:
+    """``base`` with its noise level(s) and noise samples replaced where given (validated).
+
+    Args:
+        base: the config whose other fields are kept.
+        sigma: one noise level, several (one config each, e.g. ``(0.25, 0.5, 1.0)`` for the envelope over
+            sigma; each once), or None for ``base.sigma``.
+        n: estimation samples per image, or None for ``base.n``.
+
+    Returns:
+        One :class:`~paperlib.bounds.smoothing.CertifyConfig` per sigma, in the order given; unchanged values
+        give ``base`` itself (same hash, so a stored run loads).
+    """
+    if not isinstance(base, CertifyConfig):
+        raise ConfigError(f"base must be a CertifyConfig, got {type(base).__name__}")
+    if sigma is None:
+        sigmas: list[Any] = [base.sigma]
+    elif isinstance(sigma, (list, tuple)):
+        sigmas = list(sigma)
+        if not sigmas:
+            raise ConfigError("sigma=[] is empty; give a noise level, a list of them, or None for the profile's")
+    else:
+        sigmas = [sigma]
+    for s in sigmas:
+        check_positive("sigma", s)
+    if len(set(map(float, sigmas))) != len(sigmas):
+        raise ConfigError(f"sigma={sigma!r} repeats a noise level; give each once")
+    changes = {"n": n} if n is not None else {}
+    return [dataclasses.replace(base, sigma=float(s), **changes) if (float(s) != base.sigma or changes) else base
+            for s in sigmas]
+
+
 def image_generator(seed: int, image: int) -> torch.Generator:
     """The noise generator of one image: seeded from ``(seed, image)`` only (batch- and order-invariant)."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), int(image)]).generate_state(1)[0]))
@@ -271,40 +328,131 @@ class CertifyResult:
     Attributes:
         table: one row per image (``certify.csv``): image, label, prediction (-1 = abstain), correct, radius,
             pABar, nA, seconds.
-        certified: certified % error per radius (``certified_error.csv``): radius, smoothing_error.
+        certified: certified % error per radius (:func:`~paperlib.bounds.smoothing.certified_error_table`;
+            ``certified_error.csv``):
+            radius, smoothing_error (NaN beyond what ``n`` can certify), beyond_n.
         metrics: summary numbers (``metrics.json``).
+        config: the :class:`~paperlib.bounds.smoothing.CertifyConfig` the certificates were computed with (None if
+            unknown).
     """
 
     table: pd.DataFrame
     certified: pd.DataFrame
     metrics: dict[str, Any] = field(default_factory=dict)
+    config: CertifyConfig | None = None
+
+
+def certified_error_table(table: pd.DataFrame, radii: Sequence[float], *, n: int, alpha: float,
+                          sigma: float) -> pd.DataFrame:
+    """Certified % error of the smoothed classifier at each radius, radii that ``n`` samples cannot reach flagged.
+
+    Args:
+        table: per-image certificates with columns ``radius`` (l2, [0, 1] pixel units) and ``correct``
+            (``certify.csv``); an abstention is ``correct = False``, so it counts as an error at every radius.
+        radii: l2 radii (> 0).
+        n, alpha, sigma: the certificates' estimation samples, failure probability and noise level.
+
+    Returns:
+        One row per radius: ``radius``; ``smoothing_error``, ``100 * mean(not (correct and radius_i >= r))``,
+        or NaN when ``r > max_certifiable_radius(n, alpha, sigma)`` (every image would count as an error there by
+        construction of the certificate, whatever the model: not a measurement); ``beyond_n``, True exactly for
+        those radii.
+    """
+    r_max = max_certifiable_radius(n, alpha, sigma)
+    radii = [float(check_positive("radius", r)) for r in radii]
+    errs = certified_error(table["radius"].to_numpy(), table["correct"].to_numpy(bool), radii)
+    beyond = [r > r_max for r in radii]
+    return pd.DataFrame({"radius": radii,
+                         "smoothing_error": [math.nan if b else errs[r] for r, b in zip(radii, beyond)],
+                         "beyond_n": beyond})
+
+
+def smoothing_envelope(results: Sequence[CertifyResult]) -> pd.DataFrame:
+    """Certified % error at each radius for each sigma, and its envelope: the minimum over sigma.
+
+    Cohen et al. report, at each radius, the best noise level's certified error. A sigma whose ``n`` cannot
+    reach a radius (NaN, see :func:`~paperlib.bounds.smoothing.certified_error_table`) has 100% error there by
+    construction, so it never lowers the minimum and is left out of it; a radius no sigma reaches is NaN with
+    ``beyond_n = True``.
+
+    Args:
+        results: one :class:`~paperlib.bounds.smoothing.CertifyResult` per sigma (distinct sigmas), all on the
+            same radii and images.
+
+    Returns:
+        One row per radius: ``radius``; ``sigma=<s>`` for each sigma (ascending); ``envelope`` (the minimum
+        over the sigmas that reach the radius); ``best_sigma`` (the sigma attaining it; the smallest on ties,
+        NaN where none reaches); ``beyond_n`` (no sigma reaches the radius).
+    """
+    results = list(results)
+    if not results:
+        raise ConfigError("smoothing_envelope needs at least one CertifyResult")
+    sigmas = [float(r.metrics.get("sigma", r.config.sigma if r.config is not None else math.nan)) for r in results]
+    if any(math.isnan(s) for s in sigmas) or len(set(sigmas)) != len(sigmas):
+        raise ConfigError(f"smoothing_envelope needs one result per distinct sigma; got sigmas {sigmas}")
+    radii = [tuple(r.certified["radius"].astype(float)) for r in results]
+    if any(rr != radii[0] for rr in radii):
+        raise ConfigError(f"every sigma must be certified at the same radii; got {sorted(set(radii))}")
+    for r in results:
+        if "beyond_n" not in r.certified.columns:
+            raise ConfigError("certified tables need a beyond_n column (certified_error_table); got columns "
+                              f"{list(r.certified.columns)}")
+    order = np.argsort(sigmas, kind="stable")
+    out = pd.DataFrame({"radius": list(radii[0])})
+    errors = np.column_stack([results[i].certified["smoothing_error"].to_numpy(float) for i in order])
+    for j, i in enumerate(order):
+        out[f"sigma={sigmas[i]:g}"] = errors[:, j]
+    reached = ~np.isnan(errors)
+    masked = np.where(reached, errors, np.inf)
+    best = masked.argmin(axis=1)  # first minimum: the smallest sigma on ties
+    any_reached = reached.any(axis=1)
+    out["envelope"] = np.where(any_reached, masked[np.arange(len(out)), best], np.nan)
+    out["best_sigma"] = np.where(any_reached, np.asarray(sigmas)[order][best], np.nan)
+    out["beyond_n"] = ~any_reached
+    return out
 
 
 def _summarize(table: pd.DataFrame, cfg: CertifyConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
+    cert = certified_error_table(table, cfg.radii, n=cfg.n, alpha=cfg.alpha, sigma=cfg.sigma)
     errs = certified_error(table["radius"].to_numpy(), table["correct"].to_numpy(bool), cfg.radii)
-    cert = pd.DataFrame({"radius": list(errs), "smoothing_error": list(errs.values())})
     metrics: dict[str, Any] = {
         "n_images": int(len(table)),
         "sigma": cfg.sigma,
         "n": cfg.n,
+        "alpha": cfg.alpha,
+        "max_certifiable_radius": max_certifiable_radius(cfg.n, cfg.alpha, cfg.sigma),
         "abstain_rate": float(100.0 * (table["prediction"] == Smooth.ABSTAIN).mean()),
         "smoothed_error": float(100.0 * (1.0 - table["correct"].mean())),
         "mean_radius": float(table["radius"].where(table["correct"], 0.0).mean()),
         "seconds_per_image": float(table["seconds"].mean()),
     }
-    for r, e in errs.items():
+    # certified_error@r is the raw count (100 beyond n by construction, as before this flag existed);
+    # beyond_n@r says which radii those are. Tables show certified_error_table's NaN there instead.
+    for (r, e), b in zip(errs.items(), cert["beyond_n"]):
         metrics[f"certified_error@{r:g}"] = e
+        metrics[f"beyond_n@{r:g}"] = bool(b)
     return cert, metrics
 
 
 def load_certify(run: Any) -> CertifyResult:
-    """Load a finished certification run (``certify.csv``, ``certified_error.csv``, ``metrics.json``)."""
+    """Load a finished certification run (``certify.csv``, ``metrics.json``, its ``config.json``).
+
+    The ``certified`` table is rebuilt from ``certify.csv`` and the stored config with
+    :func:`~paperlib.bounds.smoothing.certified_error_table`, so runs written before the ``beyond_n`` flag
+    existed (whose ``certified_error.csv`` holds 100% beyond ``n``) read like new ones.
+    """
     if run.status != "finished":
         raise ConfigError(f"certification run {run.path} is {run.status}, not finished; run `paperlib certify` first")
     table = run.read_table("certify.csv")
     table["correct"] = table["correct"].astype(bool)
-    return CertifyResult(table=table, certified=run.read_table("certified_error.csv"),
-                         metrics=run.read_json("metrics.json") if run.exists("metrics.json") else {})
+    stored = run.stored_config()
+    cfg = certify_config_from_dict(stored["config"]) if stored and stored.get("type") == "CertifyConfig" else None
+    if cfg is not None:
+        certified = certified_error_table(table, cfg.radii, n=cfg.n, alpha=cfg.alpha, sigma=cfg.sigma)
+    else:
+        certified = run.read_table("certified_error.csv")
+    return CertifyResult(table=table, certified=certified,
+                         metrics=run.read_json("metrics.json") if run.exists("metrics.json") else {}, config=cfg)
 
 
 def run_certify(
@@ -370,7 +518,7 @@ def run_certify(
         table = pd.DataFrame(rows, columns=["image", "label", "prediction", "correct", "radius", "pABar", "nA",
                                             "seconds"])
         cert, metrics = _summarize(table, cfg)
-        return CertifyResult(table=table, certified=cert, metrics=metrics)
+        return CertifyResult(table=table, certified=cert, metrics=metrics, config=cfg)
 
     if run is None:
         return compute(None)

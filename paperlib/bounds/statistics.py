@@ -25,6 +25,7 @@ from torch import nn
 from paperlib.models import eval_mode
 from paperlib.config import ConfigError, check_labels, check_logits, normalize_norm
 from paperlib.losses import MARGIN_L0, margin_loss
+from paperlib.norms import dual_norm_name as _dual_norm_name
 
 __all__ = [
     "ImageStatistics",
@@ -41,7 +42,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def dual_norm_name(norm: str) -> str:
     """'l2' -> 'l2', 'linf' -> 'l1': the dual norm used for gradients against attacks in ``norm``."""
-    return {"l2": "l2", "linf": "l1"}[normalize_norm(norm)]
+    return _dual_norm_name(normalize_norm(norm))
 
 
 def dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:

@@ -13,9 +13,9 @@ results from ``runs/<profile>/`` instead of recomputing them; any other paramete
   :func:`finished_attacks`, :func:`run_bound_stage`, :func:`run_certify_stage`;
 * tables: :func:`config_table`, :func:`attack_table`, :func:`checks_table`, :func:`bounds_table`,
   :func:`bound_attack_pairs`, :func:`smoothing_table`;
-* curves and figures: :func:`error_curves`, :func:`certified_error_curve`, :func:`bound_error_curves`,
-  :func:`plot_training_log`, :func:`plot_error_curves`, :func:`plot_certified_error`,
-  :func:`plot_bound_vs_attack`, :func:`plot_smoothing`.
+* curves and figures: :func:`~paperlib.metrics.error_curves` (the metric, re-exported here),
+  :func:`certified_error_curve`, :func:`bound_error_curves`, :func:`plot_training_log`,
+  :func:`plot_error_curves`, :func:`plot_certified_error`, :func:`plot_bound_vs_attack`, :func:`plot_smoothing`.
 
 Every number shown comes from the run's files (CSV/JSON), so a computed run and a loaded one print the same.
 """
@@ -30,7 +30,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from paperlib.config import check_choice, check_int, check_linf_eps, check_number
+from paperlib.attacks.suite import attack_model, load_suite, summarize
+from paperlib.bounds import Smooth, certified_error, load_bounds, load_certify, run_bounds, run_certify
+from paperlib.config import check_choice, check_int, check_linf_eps, check_number, check_runs_dir, get_profile
+from paperlib.data import check_split_count, dataset_info, load_dataset, sample_images
+from paperlib.metrics import error_curves  # the notebooks call it as ex.error_curves (documented in metrics)
+from paperlib.reproduce import evaluation_configs as profile_configs
+from paperlib.reproduce import stage_subrun
+from paperlib.runs import RunStore, default_runs_dir
+from paperlib.training import METHODS, TrainConfig, load_trained, train
 
 __all__ = [
     "PAPER_LINF_EPS",
@@ -49,7 +57,6 @@ __all__ = [
     "config_table",
     "attack_table",
     "checks_table",
-    "error_curves",
     "bounds_table",
     "certified_error_curve",
     "bound_error_curves",
@@ -87,8 +94,6 @@ def train_config(profile: str = "fmnist", method: str = "penalty", *, penalty: s
     With the grid's values it equals the config of :func:`paperlib.reproduce.grid` (same run, same hash):
     ``train_config('fmnist') == grid('fmnist')['fd-l2-lam1']``.
     """
-    from paperlib.training import METHODS, TrainConfig
-
     check_choice("method", method, METHODS)
     kw: dict[str, Any] = {"method": method, "seed": check_int("seed", seed, 0)}
     if epochs is not None:
@@ -108,7 +113,8 @@ def train_config(profile: str = "fmnist", method: str = "penalty", *, penalty: s
 
 def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalty: Any = "fd", norm: Any = "l2",
                      lam: Any = 1.0, h: Any = 0.01, eps: Any = None, m: Any = None, epochs: Any = None,
-                     n_images: Any = None, seed: Any = 0, runs_dir: Any = None) -> None:
+                     n_images: Any = None, sigma: Any = None, n: Any = None, seed: Any = 0,
+                     runs_dir: Any = None) -> None:
     """Check an experiment notebook's parameters (its ``parameters`` cell, papermill's ``-p``) before anything
     runs, with the rules of the command line: a :class:`~paperlib.config.ConfigError` naming the first bad value
     and what is allowed (in a notebook: its one-line message is the cell's error).
@@ -118,11 +124,10 @@ def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalt
     linf ``eps`` is at most 1, ``runs_dir`` is a directory that exists or can be created; then the model's
     config and the evaluation configs are built (:func:`train_config`, :func:`evaluation_configs`), which checks
     the options of ``method`` against the training config's own rules. Options of other methods are checked
-    for their type only (one parameter cell serves every method).
+    for their type only (one parameter cell serves every method). ``sigma`` (a noise level or a list of them)
+    and ``n`` (noise samples) are the certify page's, checked by
+    :func:`~paperlib.bounds.smoothing.certify_configs`.
     """
-    from paperlib.config import check_runs_dir, get_profile
-    from paperlib.data import check_split_count
-
     prof = get_profile(profile)
     check_int("seed", seed, 0)
     check_number("lam", lam)
@@ -138,7 +143,11 @@ def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalt
     if runs_dir is not None:
         check_runs_dir(runs_dir)
     train_config(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs, seed=seed)
-    evaluation_configs(profile, n_images=n_images, seed=seed)
+    evals = evaluation_configs(profile, n_images=n_images, seed=seed)
+    if sigma is not None or n is not None:
+        from paperlib.bounds.smoothing import certify_configs
+
+        certify_configs(evals["certify"], sigma=sigma, n=n)
 
 
 def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int | None = None) -> dict[str, Any]:
@@ -148,8 +157,6 @@ def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int |
     Returns ``{'attack', 'bound-l2', 'bound-linf', 'certify'}``; unchanged values give the profile's configs
     exactly (same hashes, so committed runs load).
     """
-    from paperlib.reproduce import evaluation_configs as profile_configs
-
     configs = profile_configs(profile)
     if n_images is not None:
         n_images = check_int("n_images", n_images, 1)
@@ -167,8 +174,6 @@ def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int |
 def evaluation_images(dataset: str, n: int, seed: int):
     """The evaluated test images, as :func:`paperlib.reproduce.reproduce` draws them:
     ``sample_images(load_dataset(dataset, 'test'), n, seed)`` -> ``(x, y, idx)``."""
-    from paperlib.data import load_dataset, sample_images
-
     return sample_images(load_dataset(dataset, "test"), n, seed)
 
 
@@ -247,9 +252,6 @@ def prepare(profile: str = "fmnist", method: str = "penalty", *, penalty: str = 
     """
     import torch
 
-    from paperlib.runs import RunStore, default_runs_dir
-    from paperlib.training import load_trained, train
-
     check_parameters(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs,
                      n_images=n_images, seed=seed, runs_dir=runs_dir)
     torch.manual_seed(seed)
@@ -268,24 +270,18 @@ def prepare(profile: str = "fmnist", method: str = "penalty", *, penalty: str = 
 
 def attack_subrun(exp: Experiment):
     """The attack suite's sub-run of the model (``<model>/attack-<hash>``, as ``paperlib reproduce`` names it)."""
-    from paperlib.reproduce import stage_subrun
-
     return stage_subrun(exp.run, exp.evals["attack"])
 
 
 def run_attacks(exp: Experiment, *, progress: bool = False):
     """The attack suite on the evaluated images, run or loaded (:func:`paperlib.attacks.suite.attack_model`);
     returns the stored :class:`~paperlib.attacks.suite.SuiteResult`."""
-    from paperlib.attacks.suite import attack_model
-
     return attack_model(exp.model, exp.x, exp.y, exp.idx, exp.evals["attack"], attack_subrun(exp),
                         progress=progress)
 
 
 def finished_attacks(exp: Experiment):
     """The attack suite's stored result if its sub-run is finished, else None (nothing is computed)."""
-    from paperlib.attacks.suite import load_suite
-
     sub = attack_subrun(exp)
     return load_suite(sub) if sub.is_finished() else None
 
@@ -294,9 +290,6 @@ def run_bound_stage(exp: Experiment, norms: Sequence[str] = ("l2", "linf"), *, p
                     ) -> dict[str, Any]:
     """The bounds per norm (sub-runs ``bounds-l2``, ``bounds-linf``), run or loaded
     (:func:`paperlib.bounds.lipschitz.run_bounds`); returns ``{norm: BoundsResult}`` as stored on disk."""
-    from paperlib.bounds import load_bounds, run_bounds
-    from paperlib.reproduce import stage_subrun
-
     out = {}
     for norm in norms:
         bcfg = exp.evals[f"bound-{norm}"]
@@ -307,14 +300,11 @@ def run_bound_stage(exp: Experiment, norms: Sequence[str] = ("l2", "linf"), *, p
     return out
 
 
-def run_certify_stage(exp: Experiment, *, progress: bool = False):
+def run_certify_stage(exp: Experiment, ccfg=None, *, progress: bool = False):
     """Randomized smoothing (sub-run ``certify-sigma<sigma>``), run or loaded
-    (:func:`paperlib.bounds.smoothing.run_certify`); returns ``(sub-run, CertifyResult as stored on disk)``."""
-    from paperlib.bounds import load_certify, run_certify
-    from paperlib.data import dataset_info
-    from paperlib.reproduce import stage_subrun
-
-    ccfg = exp.evals["certify"]
+    (:func:`paperlib.bounds.smoothing.run_certify`) with ``ccfg`` (default: ``exp.evals['certify']``); returns
+    ``(sub-run, CertifyResult as stored on disk)``."""
+    ccfg = exp.evals["certify"] if ccfg is None else ccfg
     k = ccfg.n_images
     sub = stage_subrun(exp.run, ccfg)
     run_certify(exp.model, exp.x[:k], exp.y[:k], exp.idx[:k], ccfg, sub,
@@ -331,8 +321,6 @@ def attack_table(suite) -> pd.DataFrame:
     """One row per attack job (``pgd-l2``, ``cw-l2``, ...): success rate (% of the clean-correct images) and
     the median l2 and linf distances of its adversarials, from a :class:`~paperlib.attacks.suite.SuiteResult`
     (recomputed from ``attacks.csv``, without the machine-dependent seconds)."""
-    from paperlib.attacks.suite import summarize
-
     jobs = summarize(suite.attacks, suite.best)["jobs"]
     rows = [{"attack": k, "success (%)": v["success_pct"], "median l2": v["median_l2"],
              "median linf": v["median_linf"]} for k, v in jobs.items()]
@@ -343,30 +331,6 @@ def checks_table(checks: Sequence) -> pd.DataFrame:
     """The suite's evaluation checks as a table: check, verdict (``pass``/``FAIL``), message."""
     return pd.DataFrame({"check": [c[0] for c in checks], "verdict": ["pass" if c[1] else "FAIL" for c in checks],
                          "message": [c[2] for c in checks]}).set_index("check")
-
-
-def _best(best: pd.DataFrame, norm: str) -> np.ndarray:
-    return best.loc[best["norm"] == norm, "best"].to_numpy(dtype=float)
-
-
-def error_curves(best: pd.DataFrame, n_points: int = 201, eps_max: Mapping[str, float] | None = None
-                 ) -> dict[str, pd.DataFrame]:
-    """Empirical % error vs eps per norm (:func:`~paperlib.attacks.suite.error_curve` of ``best.csv``) on an
-    even grid from 0 to ``eps_max[norm]`` (default: 1.1 x the largest finite best distance, at least the
-    paper's 8/255 in linf). Returns ``{norm: DataFrame(eps, error_pct)}``."""
-    from paperlib.attacks.suite import error_curve
-
-    out = {}
-    for norm in [n for n in ("l2", "linf") if n in set(best["norm"])]:
-        d = _best(best, norm)
-        top = (eps_max or {}).get(norm)
-        if top is None:
-            finite = d[np.isfinite(d)]
-            top = 1.1 * float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-            if norm == "linf":
-                top = max(top, 1.25 * PAPER_LINF_EPS[-1])
-        out[norm] = error_curve(d, np.linspace(0.0, top, n_points))
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -397,8 +361,6 @@ def certified_error_curve(radius: Sequence[float] | np.ndarray, correct: Sequenc
                           radii: Sequence[float] | np.ndarray) -> pd.DataFrame:
     """Certified % error at each radius of a (dense) grid: ``100 * mean(not (correct and radius >= r))``
     (:func:`paperlib.bounds.lipschitz.certified_error`). Returns ``DataFrame(radius, error_pct)``."""
-    from paperlib.bounds import certified_error
-
     errs = certified_error(np.asarray(radius, dtype=float), np.asarray(correct, dtype=bool), list(radii))
     return pd.DataFrame({"radius": list(errs), "error_pct": list(errs.values())})
 
@@ -422,8 +384,6 @@ def smoothing_table(result, base_error_pct: float | None = None) -> pd.Series:
     the smoothed classifier's clean error (%, abstentions count as errors), the abstention rate (%), the mean
     certified l2 radius (0 for wrong or abstained images) and, if given, the base classifier's clean error (%).
     Floats are rounded to 4 decimals."""
-    from paperlib.bounds import Smooth
-
     t = result.table
     correct = t["correct"].astype(bool)
     row: dict[str, Any] = {
@@ -467,9 +427,10 @@ def plot_training_log(log: pd.DataFrame, title: str):
 
 def plot_error_curves(curves: Mapping[str, pd.DataFrame], title: str, *, bounds: Mapping[str, Mapping[str,
                       pd.DataFrame]] | None = None):
-    """Empirical % error vs perturbation size, one panel per norm (``curves`` from :func:`error_curves`);
-    the paper's linf radii 2/255 and 8/255 are marked. ``bounds`` (optional): ``{norm: {label: curve}}``
-    certified-error curves (``DataFrame(radius, error_pct)``) drawn in the same panels."""
+    """Empirical % error vs perturbation size, one panel per norm (``curves`` from
+    :func:`~paperlib.metrics.error_curves`); the paper's linf radii 2/255 and 8/255 are marked. ``bounds``
+    (optional): ``{norm: {label: curve}}`` certified-error curves (``DataFrame(radius, error_pct)``) drawn in the
+    same panels."""
     import matplotlib.pyplot as plt
 
     norms = [n for n in ("l2", "linf") if n in curves or (bounds and n in bounds)]

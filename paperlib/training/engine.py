@@ -126,7 +126,8 @@ class TrainConfig:
         m: free-AT replays per minibatch (8).                                             [free-at]
         free_schedule: ``'steps'``: free AT takes as many SGD steps as standard training of ``epochs`` epochs
             (``epochs * steps_per_epoch / m`` minibatches, each replayed m times) with the same learning-rate
-            schedule counted in replay-epochs, as Shafahi et al. do; ``None``: the earlier schedule of
+            schedule counted in replay-epochs, as Shafahi et al. do, and is evaluated once per replay-epoch
+            (``train_log.csv``: ``epoch`` counts replay-epochs, ``pass`` the passes); ``None``: the earlier schedule of
             ``ceil(epochs / m)`` passes of m replays with milestones divided by m (kept so runs stored under it
             keep their config hash).                                                      [free-at]
 
@@ -563,6 +564,39 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
                        dynamic_ncols=True)
         _sync(device)
         t0 = time.perf_counter()
+
+        def log_row(label_epoch: int, sums: dict, steps: int) -> None:
+            """Evaluate on the test set and append one row of ``train_log.csv`` (the steps since the last row)."""
+            nonlocal train_seconds, t0  # evaluation time is not training time: t0 restarts after it
+            _sync(device)
+            seconds = time.perf_counter() - t0
+            train_seconds += seconds
+            means = {k: float(all_reduce_sum(v, env)) / max(steps * env.world_size, 1) for k, v in sums.items()}
+            row: dict[str, Any] = {"epoch": label_epoch, "lr": lr, "steps": steps * cfg.replays}
+            if per_step_lr:
+                row["pass"] = epoch + 1
+            for k in ("loss", "clean_loss", "penalty", "grad_norm"):
+                row[f"train_{k}"] = means.get(k, float("nan"))
+            if cfg.grad_clip is not None:
+                row["clipped_pct"] = 100.0 * stepper.clipped / max(stepper.steps, 1)
+                stepper.reset_counts()
+            row["train_seconds"] = seconds
+            row["train_seconds_total"] = train_seconds
+            if env.is_main:
+                t1 = time.perf_counter()
+                ev = evaluate(model, test_ds, batch_size=cfg.eval_batch_size, device=device,
+                              num_workers=cfg.num_workers, channels_last=channels_last)
+                model.train()
+                row.update(test_loss=ev["loss"], test_error_pct=ev["error_pct"],
+                           eval_seconds=time.perf_counter() - t1)
+                _check_trained(model, ev["loss"], run.name, f"after epoch {label_epoch}", _num_classes(cfg))
+                run.log(f"epoch {label_epoch}/{cfg.epochs if per_step_lr else n_epochs} lr {lr:g} train loss "
+                        f"{row['train_loss']:.4f} test error {row['test_error_pct']:.2f}% train time "
+                        f"{seconds:.1f}s (total {train_seconds / 3600:.4f} h) eval {row['eval_seconds']:.1f}s")
+            rows.append(row)
+            _sync(device)
+            t0 = time.perf_counter()
+
         for step, (x, y) in enumerate(loader):
             if step >= per_pass[epoch]:
                 break
@@ -596,38 +630,28 @@ def _train_loop(cfg: TrainConfig, run, env: DistEnv, *, resume: bool, progress: 
                 bar.update(1)
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{float(stats['loss']):.3f}")
-        _sync(device)
-        epoch_seconds = time.perf_counter() - t0
+            if per_step_lr and step + 1 < per_pass[epoch]:
+                # Free AT in replay-epochs is evaluated like the others, once per replay-epoch (m of them make
+                # a pass), so its plateau is judged on the same scale; the pass's last one is logged below.
+                before = math.floor((sum(per_pass[:epoch]) + step) * cfg.replays / steps_per_epoch)
+                after = math.floor((sum(per_pass[:epoch]) + step + 1) * cfg.replays / steps_per_epoch)
+                if after > before:
+                    log_row(after, sums, steps)
+                    sums, steps = {}, 0
         if bar is not None:
             bar.close()
-        train_seconds += epoch_seconds
-        means = {k: float(all_reduce_sum(v, env)) / max(steps * env.world_size, 1) for k, v in sums.items()}
-
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "steps": steps * cfg.replays}
-        for k in ("loss", "clean_loss", "penalty", "grad_norm"):
-            row[f"train_{k}"] = means.get(k, float("nan"))
-        if cfg.grad_clip is not None:
-            row["clipped_pct"] = 100.0 * stepper.clipped / max(stepper.steps, 1)
-        row["train_seconds"] = epoch_seconds
-        row["train_seconds_total"] = train_seconds
+        if per_step_lr:
+            label = min(cfg.epochs, math.ceil(sum(per_pass[:epoch + 1]) * cfg.replays / steps_per_epoch))
+        else:
+            label = epoch + 1
+        log_row(label, sums, steps)
         if env.is_main:
-            t1 = time.perf_counter()
-            ev = evaluate(model, test_ds, batch_size=cfg.eval_batch_size, device=device,
-                          num_workers=cfg.num_workers, channels_last=channels_last)
-            row.update(test_loss=ev["loss"], test_error_pct=ev["error_pct"], eval_seconds=time.perf_counter() - t1)
-            _check_trained(model, ev["loss"], run.name, f"after epoch {epoch + 1}", _num_classes(cfg))
-            rows.append(row)
             import pandas as pd
 
             run.write_table("train_log.csv", pd.DataFrame(rows))
             run.save_checkpoint({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                  "method": method.state_dict(), "log": rows, "train_seconds": train_seconds,
                                  "config_hash": run.hash})
-            run.log(f"epoch {epoch + 1}/{n_epochs} lr {lr:g} train loss {row['train_loss']:.4f} "
-                    f"test error {row['test_error_pct']:.2f}% train time {epoch_seconds:.1f}s "
-                    f"(total {train_seconds / 3600:.4f} h) eval {row['eval_seconds']:.1f}s")
-        else:
-            rows.append(row)
         barrier(env)
 
     if env.is_main:

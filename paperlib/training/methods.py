@@ -17,7 +17,9 @@ CIFAR-10). We follow Madry's recipe, which the paper names: random start (unifor
 steps of ``eps/4`` (2/255 at eps 8/255), projection onto the ball and onto [0, 1] after every step. The
 authors' variant is one flag away (``random_start=False``). The attack runs with the model in train mode, as
 in both codes (BatchNorm then updates running statistics on the attack's forwards too, unless
-``bn_guard=True``).
+``bn_guard=True``). The ball's random start, steps and projection are those of the attacks' PGD
+(:class:`paperlib.norms.Norm`, one code for both); only the loop differs (no per-image early stop here, a
+seeded generator instead of per-image noise streams, optional BatchNorm guard).
 
 **Free AT.** Each minibatch is replayed ``m`` times; every replay does one forward/backward that yields both
 the parameter gradient (one SGD step) and the input gradient (one signed step of size ``eps`` on the
@@ -34,14 +36,13 @@ from torch import nn
 
 from paperlib.config import ConfigError
 from paperlib.losses import cross_entropy
+from paperlib.norms import Norm, get_norm, perturb_in_box
 from paperlib.regularizers import GradientPenalty, frozen_batchnorm_stats
 
 __all__ = [
     "METHODS",
-    "NormStep",
-    "LinfStep",
-    "L2Step",
-    "norm_step",
+    "TRAINING_NORMS",
+    "training_norm",
     "pgd_perturbation",
     "TrainingMethod",
     "Standard",
@@ -63,72 +64,18 @@ def _no_check(loss: torch.Tensor) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Norm strategies for the adversarial-training attacks (MadryLab robustness' attack_steps shape)
+# The adversarial-training norms: the attacks' projection and step (paperlib.norms)
 # --------------------------------------------------------------------------------------------------
 
-
-class NormStep:
-    """How an attack moves and projects in one norm: ``random_perturb``, ``step``, ``project``.
-
-    Args:
-        eps: radius of the ball, in [0, 1] pixel units.
-    """
-
-    def __init__(self, eps: float) -> None:
-        self.eps = eps
-
-    def random_perturb(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def step(self, grad: torch.Tensor, step_size: float) -> torch.Tensor:
-        raise NotImplementedError
-
-    def project(self, delta: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+#: Norms of the adversarial-training balls.
+TRAINING_NORMS = ("linf", "l2")
 
 
-class LinfStep(NormStep):
-    """linf ball: signed-gradient ascent steps, projection by clipping each pixel to [-eps, eps]."""
-
-    def random_perturb(self, x, generator):
-        u = torch.rand(x.shape, generator=generator, device=generator.device if generator is not None else x.device,
-                       dtype=x.dtype).to(x.device)
-        return (2 * u - 1) * self.eps
-
-    def step(self, grad, step_size):
-        return step_size * grad.sign()
-
-    def project(self, delta):
-        return delta.clamp(-self.eps, self.eps)
-
-
-class L2Step(NormStep):
-    """l2 ball: normalized-gradient steps, projection by rescaling rows whose norm exceeds eps."""
-
-    def random_perturb(self, x, generator):
-        dev = generator.device if generator is not None else x.device
-        v = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
-        n = v.flatten(1).norm(dim=1).view(-1, *[1] * (x.ndim - 1)).clamp_min(1e-12)
-        r = torch.rand(x.shape[0], generator=generator, device=dev, dtype=x.dtype).to(x.device)
-        r = r.pow(1.0 / x[0].numel()).view(-1, *[1] * (x.ndim - 1))  # uniform in the ball
-        return v / n * r * self.eps
-
-    def step(self, grad, step_size):
-        n = grad.flatten(1).norm(dim=1).view(-1, *[1] * (grad.ndim - 1))
-        return step_size * torch.where(n > 0, grad / n.clamp_min(1e-30), torch.zeros_like(grad))
-
-    def project(self, delta):
-        n = delta.flatten(1).norm(dim=1).view(-1, *[1] * (delta.ndim - 1))
-        return delta * torch.clamp(self.eps / n.clamp_min(1e-30), max=1.0)
-
-
-def norm_step(norm: str, eps: float) -> NormStep:
-    """The :class:`NormStep` of ``'linf'`` or ``'l2'``."""
-    if norm == "linf":
-        return LinfStep(eps)
-    if norm == "l2":
-        return L2Step(eps)
-    raise ConfigError(f"adversarial training norm={norm!r} is not allowed; choose 'linf' or 'l2'")
+def training_norm(norm: str) -> Norm:
+    """The :class:`~paperlib.norms.Norm` of an adversarial-training ball: ``'linf'`` or ``'l2'``."""
+    if not isinstance(norm, str) or norm not in TRAINING_NORMS:
+        raise ConfigError(f"adversarial training norm={norm!r} is not allowed; choose 'linf' or 'l2'")
+    return get_norm(norm)
 
 
 def pgd_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf", eps: float = 8 / 255,
@@ -140,17 +87,17 @@ def pgd_perturbation(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm
     Returns the adversarial inputs ``x_adv`` (detached, same shape as ``x``, in [0, 1], ``||x_adv - x|| <= eps``).
     Only input gradients are computed (no parameter gradients). The model is used in its current mode.
     """
-    strategy = norm_step(norm, eps)
+    ball = training_norm(norm)
     x = x.detach()
-    delta = strategy.random_perturb(x, generator) if random_start else torch.zeros_like(x)
-    delta = ((x + delta).clamp(0, 1) - x).detach()
+    delta = ball.random_start(x, eps, generator) if random_start else torch.zeros_like(x)
+    delta = perturb_in_box(x, delta).detach()
     with frozen_batchnorm_stats(model, bn_guard):
         for _ in range(steps):
             delta.requires_grad_(True)
             loss = loss_fn(model(x + delta), y).sum()
             (grad,) = torch.autograd.grad(loss, delta)
-            delta = strategy.project(delta.detach() + strategy.step(grad, step_size))
-            delta = ((x + delta).clamp(0, 1) - x).detach()
+            delta = ball.project(delta.detach() + ball.step(grad, step_size), eps)
+            delta = perturb_in_box(x, delta).detach()
     return (x + delta).detach()
 
 
@@ -242,7 +189,7 @@ class PGDAdversarialTraining(_Stateless):
                  random_start: bool = True, bn_guard: bool = False) -> None:
         self.norm, self.eps, self.steps, self.step_size = norm, eps, steps, step_size
         self.random_start, self.bn_guard = random_start, bn_guard
-        norm_step(norm, eps)
+        training_norm(norm)
 
     def step(self, model, optimizer, x, y, *, check_loss=_no_check, generator=None) -> Stats:
         attack_model = getattr(model, "module", model)  # input gradients only: bypass DDP's reducer
@@ -270,7 +217,7 @@ class FreeAdversarialTraining:
 
     def __init__(self, *, norm: str = "linf", eps: float = 8 / 255, m: int = 8) -> None:
         self.norm, self.eps, self.replays = norm, eps, m
-        self.strategy = norm_step(norm, eps)
+        self.ball = training_norm(norm)
         self.delta: torch.Tensor | None = None
 
     def state_dict(self) -> dict:
@@ -298,7 +245,7 @@ class FreeAdversarialTraining:
             check_loss(loss)
             loss.backward()  # parameter gradients and the input gradient, in one pass
             optimizer.step()
-            new = self.strategy.project(delta.detach() + self.strategy.step(delta.grad, self.eps))
+            new = self.ball.project(delta.detach() + self.ball.step(delta.grad, self.eps), self.eps)
             self.delta[: x.shape[0]] = new
             total += loss.detach()
         return {"loss": total / self.replays}
