@@ -50,7 +50,8 @@ _LOSSES = {"ce": _ce, "margin": margin_loss}
 
 def pgd_in_ball(model: nn.Module, x0: Tensor, y: Tensor, eps: Tensor, norm: Norm, *, steps: int,
                 rel_stepsize: float, random_start: bool, noise: ImageNoise, rows: Tensor,
-                stream: Union[int, Tensor], loss_name: str = "ce") -> tuple[Tensor, Tensor]:
+                stream: Union[int, Tensor], loss_name: str = "ce", patience: int = 0,
+                tol: float = 1e-3) -> tuple[Tensor, Tensor]:
     """Run PGD on a batch with per-image radius ``eps`` ``[R]``; stop each image at its first adversarial.
 
     Args:
@@ -62,6 +63,11 @@ def pgd_in_ball(model: nn.Module, x0: Tensor, y: Tensor, eps: Tensor, norm: Norm
         random_start: start uniformly in the ball (else at x0).
         noise, rows, stream: the seeded per-image random numbers, which rows of ``noise`` these images are,
             and the stream numbers to use (``stream`` and ``stream + 1``).
+        loss_name: 'ce' or 'margin'.
+        patience: per-image early stopping (0: off): at every ``patience``-th step an image whose best loss
+            rose by at most ``tol * |loss|`` since the previous such step (a stalled ascent, still not
+            adversarial) gives up at this radius; it costs no more passes. Its own losses decide.
+        tol: the relative rise below which an image counts as stalled.
 
     Returns:
         ``(x_adv [R, ...], success bool [R])``: the first adversarial found (else the last iterate), inside the
@@ -78,13 +84,28 @@ def pgd_in_ball(model: nn.Module, x0: Tensor, y: Tensor, eps: Tensor, norm: Norm
     step_size = eps * rel_stepsize
     success = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
     active = torch.arange(len(x0), device=x0.device)
+    if patience:
+        best_loss = torch.full((len(x0),), -math.inf, dtype=torch.float64, device=x0.device)
+        mark = best_loss.clone()
     for it in range(steps + 1):
+        if patience and it and it % patience == 0:  # per-image early stopping of a stalled ascent (see Args)
+            stalled = best_loss[active] - mark[active] <= tol * mark[active].abs()
+            mark[active] = best_loss[active]
+            active = active[~stalled]
+            if active.numel() == 0:
+                break
         xa = x_adv[active].detach().requires_grad_(True)
         logits = model(xa)
         hit = logits.argmax(dim=1) != y[active]
         success[active[hit]] = True
         if it == steps:
             break
+        if patience:
+            with torch.no_grad():
+                ya = y[active][:, None]
+                per = (F.cross_entropy(logits, y[active], reduction="none") if loss_name == "ce"
+                       else logits.scatter(1, ya, -math.inf).amax(dim=1) - logits.gather(1, ya).squeeze(1))
+                best_loss[active] = torch.maximum(best_loss[active], per.to(torch.float64))
         loss = _LOSSES[loss_name](logits, y[active])
         (grad,) = torch.autograd.grad(loss, xa)
         with torch.no_grad():
@@ -171,6 +192,15 @@ class MinimalPGD(MinimizationAttack):
         growth: factor by which eps grows until PGD succeeds (1.5).
         search_steps: bisection steps after the bracket is found (20).
         max_eps: largest radius tried (default: the diameter of [0, 1]^D in the norm: sqrt(D) or 1).
+        search_tol: per-image early stopping of the bisection (not in the paper; 0, the default and the
+            committed runs: every image takes all ``search_steps``): an image leaves the search once its
+            bracket is narrower than ``search_tol`` times its best radius, ``hi - lo <= search_tol * hi``, since
+            no further bisection can then improve its radius by more than that fraction. The decision uses
+            the image's own bracket only, so it keeps batch invariance.
+        patience: per-image early stopping inside each trial radius (not in the paper; 0, the default: off):
+            an image whose best loss has risen by at most ``tol`` (relative) over the last ``patience`` steps
+            gives up at that radius (see :func:`~paperlib.attacks.pgd.pgd_in_ball`).
+        tol: the relative rise below which an ascent counts as stalled (1e-3; used with ``patience``).
     """
 
     name = "pgd"
@@ -178,7 +208,8 @@ class MinimalPGD(MinimizationAttack):
 
     def __init__(self, *, norm: str = "l2", steps: int = 40, rel_stepsize: float = 0.1,
                  random_start: bool = True, loss: str = "margin", init_eps: Optional[float] = None,
-                 growth: float = 1.5, search_steps: int = 20, max_eps: Optional[float] = None) -> None:
+                 growth: float = 1.5, search_steps: int = 20, max_eps: Optional[float] = None,
+                 search_tol: float = 0.0, patience: int = 0, tol: float = 1e-3) -> None:
         self.norm = normalize_norm(norm)
         self.steps = int(check_positive("steps", steps))
         self.rel_stepsize = float(check_positive("rel_stepsize", rel_stepsize))
@@ -193,6 +224,11 @@ class MinimalPGD(MinimizationAttack):
         self.search_steps = int(check_nonnegative("search_steps", search_steps))
         self.max_eps = None if max_eps is None else float(check_linf_eps("max_eps", check_positive("max_eps", max_eps),
                                                                          self.norm))
+        self.search_tol = float(check_nonnegative("search_tol", search_tol))
+        if self.search_tol >= 1:
+            raise ConfigError(f"search_tol={search_tol!r} must lie in [0, 1)")
+        self.patience = int(check_nonnegative("patience", patience))
+        self.tol = float(check_nonnegative("tol", tol))
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
                 **_: object) -> tuple[Tensor, Optional[Tensor]]:
@@ -235,7 +271,7 @@ class MinimalPGD(MinimizationAttack):
             adv, ok = pgd_in_ball(model, x[idx], y[idx], eps, norm, steps=self.steps,
                                   rel_stepsize=self.rel_stepsize, random_start=self.random_start,
                                   noise=noise, rows=rows[idx], stream=2 * trials[idx],
-                                  loss_name=loss_name)
+                                  loss_name=loss_name, patience=self.patience, tol=self.tol)
             trials[idx] += 1
             best[idx[ok]] = adv[ok]
             return ok
@@ -254,6 +290,8 @@ class MinimalPGD(MinimizationAttack):
         # 2. bisect [lo, hi] where an adversarial was found
         found = torch.isfinite(hi).nonzero().flatten()
         for _ in range(self.search_steps):
+            if self.search_tol > 0:  # per-image early stopping: the bracket bounds any further improvement
+                found = found[hi[found] - lo[found] > self.search_tol * hi[found]]
             if found.numel() == 0:
                 break
             mid = (lo[found] + hi[found]) / 2
