@@ -41,7 +41,7 @@ from paperlib.bounds.lipschitz import BoundConfig, run_bounds
 from paperlib.bounds.smoothing import CERTIFY_NAME_N, CertifyConfig, certify_grid_configs, run_certify
 from paperlib.config import ConfigError, check_choice, config_hash
 from paperlib.data import dataset_info, load_dataset, sample_images
-from paperlib.evaluation import _EVAL, CERTIFY_SIGMAS, evaluation_budgets  # noqa: F401 (re-exported)
+from paperlib.evaluation import _EVAL, CERTIFY_SIGMAS, SCALES, evaluation_budgets  # noqa: F401 (re-exported)
 from paperlib.runs import RunLockedError, RunStore, atomic_write_text
 from paperlib.stages import stage_subrun
 
@@ -94,10 +94,11 @@ def grid(profile: str, recipe: dict[str, Any] | None = None, free_schedule: str 
     return g
 
 
-def evaluation_configs(profile: str) -> dict[str, Any]:
+def evaluation_configs(profile: str, scale: str = "profile") -> dict[str, Any]:
     """The attack, bound (l2 and linf) and certify configs of a profile: ``{'attack', 'bound-l2',
-    'bound-linf', 'certify'}``, built from its budgets (:func:`~paperlib.evaluation.evaluation_budgets`)."""
-    kw = evaluation_budgets(profile)
+    'bound-linf', 'certify'}``, built from its budgets (:func:`~paperlib.evaluation.evaluation_budgets`; ``scale``
+    'profile' or 'paper')."""
+    kw = evaluation_budgets(profile, scale)
     return {"attack": AttackConfig(**kw["attack"]), "bound-l2": BoundConfig(**kw["bound-l2"]),
             "bound-linf": BoundConfig(**kw["bound-linf"]), "certify": CertifyConfig(**kw["certify"])}
 
@@ -112,7 +113,8 @@ def _timed(times: dict[str, float], stage: str, fn, *args, **kwargs):
 
 def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Sequence[str] = STAGES,
               only: Sequence[str] | None = None, progress: bool = True, log=print,
-              recipe: dict[str, Any] | None = None, free_schedule: str | None = None) -> dict[str, Any]:
+              recipe: dict[str, Any] | None = None, free_schedule: str | None = None,
+              scale: str = "profile") -> dict[str, Any]:
     """Run (or load) the grid of ``profile`` through ``stages``; return per-stage wall times and the runs.
 
     Args:
@@ -123,6 +125,10 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
         progress: tqdm bars in each stage.
         log: where to print one line per finished step.
         recipe, free_schedule: see :func:`grid`.
+        scale: the evaluation, ``'profile'`` (the profile's own budgets) or ``'paper'`` (1000 images, the cheap
+            early-stopping attack budgets, the recommended bound estimators, smoothing at every sigma of the
+            certification grid; :func:`~paperlib.evaluation.evaluation_budgets`). Their sub-runs differ by hash,
+            so both evaluations sit side by side in each model's run.
 
     Several processes may work on one grid at once (e.g. two with one thread each on a 2-core machine): a
     model another process is training is skipped and taken up at the end, once that process has finished it.
@@ -136,8 +142,9 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
             check_choice("model", k, keys)
         keys = [k for k in keys if k in only]
     store = RunStore(runs_dir)
-    tag = recipe_tag(recipe, free_schedule)
-    evals = evaluation_configs(profile)
+    tag = recipe_tag(recipe, free_schedule) + ("-paper" if scale == "paper" else "")  # records apart per scale
+    evals = evaluation_configs(profile, scale)
+    certify_configs = (list(certify_grid_configs(profile).values()) if scale == "paper" else [evals["certify"]])
     times: dict[str, float] = {}
     runs: dict[str, str] = {}
     diverged: dict[str, str] = {}
@@ -211,18 +218,19 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
                             y[:bcfg.n_images], idx[:bcfg.n_images], bcfg, progress=progress)
             log("    bounds done (l2, linf)")
         if "certify" in stages and key in SMOOTHING_MODELS:
-            ccfg = evals["certify"]
-            n = ccfg.n_images
-            timed_stage("certify", stage_subrun(run, ccfg), run_certify, model, x[:n],
-                        y[:n], idx[:n], ccfg, num_classes=dataset_info(tcfg.dataset).num_classes,
-                        progress=progress)
-            log(f"    smoothing certificates done (sigma {ccfg.sigma:g})")
+            for ccfg in certify_configs:
+                n = ccfg.n_images
+                timed_stage("certify", stage_subrun(run, ccfg), run_certify, model, x[:n],
+                            y[:n], idx[:n], ccfg, num_classes=dataset_info(tcfg.dataset).num_classes,
+                            progress=progress)
+                log(f"    smoothing certificates done (sigma {ccfg.sigma:g}, n {ccfg.n}, {n} images)")
         _record_timing(store.root / profile, key, computed, tag)
     times["total"] = time.perf_counter() - start
     report = {"profile": profile, "stages": list(stages), "models": keys, "seconds": times, "runs": runs,
               "diverged": diverged}
     report["recipe"] = {k: list(v) if isinstance(v, tuple) else v for k, v in (recipe or {}).items()}
     report["free_schedule"] = free_schedule
+    report["scale"] = scale
     path = store.root / profile / f"reproduce{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -287,7 +295,7 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.grad_clip is not None:
         recipe["grad_clip"] = args.grad_clip
     reproduce(args.profile, args.runs_dir, stages=stages, only=only, progress=args.progress, recipe=recipe,
-              free_schedule=args.free_schedule)
+              free_schedule=args.free_schedule, scale=args.scale)
     return 0
 
 
@@ -300,6 +308,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--only", default=None, help="comma-separated grid keys (e.g. undefended,fd-l2-lam1)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--scale", default="profile", choices=SCALES,
+                   help="evaluation: 'profile' (its own budgets, default) or 'paper' (1000 images, early-stopping "
+                        "attack budgets, the recommended bound estimators, smoothing at three sigmas; fmnist)")
     r = p.add_argument_group("recipe changes for every model (defaults from the profile)")
     r.add_argument("--epochs", type=int, default=None, help="training epochs")
     r.add_argument("--milestones", default=None, help="learning-rate drop epochs, e.g. 8,12,14")

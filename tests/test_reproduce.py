@@ -4,7 +4,7 @@ import pytest
 
 import paperlib
 import paperlib.training
-from paperlib.config import ConfigError
+from paperlib.config import ConfigError, config_hash
 from paperlib.reproduce import evaluation_configs, grid, reproduce, stage_seconds
 from paperlib.report.paper import ROW_KEYS, TABLEB4
 from paperlib.runs import finished_dir
@@ -79,3 +79,32 @@ def test_a_diverging_model_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatc
     lines.clear()
     again = reproduce("smoke", tmp_path, stages=("train",), only=["h=1e-4"], progress=False, log=lines.append)
     assert again["diverged"] and "skipped" in lines[0]  # not retrained
+
+
+def test_paper_scale_evaluation_is_the_recommended_configs_beside_the_profiles_own():
+    from paperlib.attacks.suite import AttackConfig, attack_run_name
+    from paperlib.bounds.smoothing import certify_grid_configs
+    from paperlib.evaluation import BOUND_ESTIMATORS
+    from paperlib.reproduce import evaluation_configs
+
+    own, paper = evaluation_configs("fmnist"), evaluation_configs("fmnist", "paper")
+    assert attack_run_name(own["attack"]) == "attack-84037464"  # the committed evaluation keeps its sub-runs
+    assert paper["attack"] == AttackConfig.cheap(n_images=1000)
+    assert paper["attack"].cw_patience > 0 and paper["attack"].boundary_every > 1  # early stopping, subsample
+    for norm in ("l2", "linf"):
+        b = paper[f"bound-{norm}"]
+        assert b.norm == norm and b.n_images == 1000
+        assert all(getattr(b, k) == v for k, v in BOUND_ESTIMATORS.items())
+    assert paper["certify"] == certify_grid_configs("fmnist")[0.25] and paper["certify"].n == 10_000
+    assert {k: config_hash(v) for k, v in own.items()}.keys() == {k: config_hash(v) for k, v in paper.items()}.keys()
+    assert all(config_hash(own[k]) != config_hash(paper[k]) for k in own)  # side by side, never the same sub-run
+
+
+@pytest.mark.parametrize("profile, scale, match", [("smoke", "paper", "not defined for profile 'smoke'"),
+                                                   ("fmnist", "huge", "scale")])
+def test_a_scale_that_does_not_exist_is_a_one_line_error(profile, scale, match):
+    from paperlib.reproduce import evaluation_configs
+
+    with pytest.raises(ConfigError, match=match) as info:
+        evaluation_configs(profile, scale)
+    assert "\n" not in str(info.value)

@@ -65,6 +65,7 @@ from paperlib.config import (
     config_to_dict,
     normalize_norm,
 )
+from paperlib.evaluation import CHEAP_ATTACK_BUDGETS
 from paperlib.metrics import BEST_COLUMNS, best_distances, empirical_error, error_curve
 from paperlib.models import model_classes
 from paperlib.stages import Stage, register_stage, run_or_load
@@ -399,33 +400,8 @@ class AttackConfig:
 
 
 #: The recommended attack budgets for the grid evaluation (:meth:`~paperlib.attacks.suite.AttackConfig.cheap`),
-#: chosen with ``benchmarks/bench_attack_budget.py`` on runs/fmnist/undefended and runs/fmnist/fd-l2-lam1-h0.01,
-#: the first 100 images of the fmnist draw, 1 thread (record: benchmarks/records/attack_budget.json). Measured:
-#: 3,216 and 2,832 model passes per image for the whole suite (today's fmnist budgets: 9,202 and 8,600), so the
-#: 3,000 target is missed by 7 % on the undefended model; median best distance x0.998 / x1.005 in l2 and x1.004 /
-#: x1.002 in linf; the convergence check (doubled budgets, first 50 images, tail 5 %) passes on both (1 of 44 and
-#: 0 of 37 images improve by more than 5 % in l2, none in linf). Not met: 13 / 19 of 100 images are more than 1 %
-#: farther than today in l2 (worst x1.27 / x1.09) and 13 / 7 in linf (worst x1.04 / x1.06). For scale: today's
-#: settings with seed 1 instead of 0 are more than 1 % farther on 1 of 44 images in l2 and 4 of 44 in linf (worst
-#: x1.17) of runs/fmnist/undefended. Tried and rejected: LogBarrier at 10 x 25 steps (2,924 / 2,630 passes, but the
-#: l2 convergence tail fails: 9 of 44 images); CW with 3 constants (83 % / 27 % of images broken); PGD stopping a
-#: stalled ascent (``pgd_patience`` 5-20: linf median x1.01-2.1); LogBarrier's box linf step (more passes).
-CHEAP_BUDGETS: dict[str, Any] = dict(
-    batch_size=100, convergence_n=50, convergence_tail=0.05, early_stop_tol=1e-3,
-    # MinimalPGD: 40 steps per radius as today; radii grow by 2 (fewer failed trials before the bracket), and the
-    # bisection stops at a bracket narrower than 1 % of the radius
-    pgd_steps=40, pgd_search_steps=12, pgd_search_tol=1e-2, pgd_growth=2.0,
-    # CW: the squeezed start, 100 Adam steps, 4 constants (3 constants broke 83 % / 27 % of the images, 60 steps
-    # and 3 constants 71 % / 15 %), stop when a constant gains < 0.1 %
-    cw_squeeze=0.1, cw_steps=100, cw_binary_search_steps=4, cw_patience=1,
-    # LogBarrier: coarser noise sizes for the start, inner loops end when the iterate stalls, 10 bisections after;
-    # in linf (never the best linf attack, see the module docstring of paperlib.attacks.logbarrier) a token budget
-    logbarrier_outer=8, logbarrier_inner=60, logbarrier_patience=5, logbarrier_refine_steps=10,
-    logbarrier_init_growth=1.1, logbarrier_linf_outer=2, logbarrier_linf_inner=10,
-    # Boundary (the masking check): every 10th image, short adaptation windows, frozen when it stalls
-    boundary_steps=1500, boundary_every=10, boundary_patience=200, boundary_sph_window=10, boundary_step_window=10,
-    boundary_update_every=5, boundary_initial_step=0.05,
-)
+#: data of the foundations (:data:`paperlib.evaluation.CHEAP_ATTACK_BUDGETS`, where the measurements are recorded).
+CHEAP_BUDGETS: dict[str, Any] = CHEAP_ATTACK_BUDGETS
 
 
 def attack_run_name(cfg: AttackConfig) -> str:
