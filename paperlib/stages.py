@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping
 
 from paperlib.config import ConfigError, config_hash
 from paperlib.runs import Run, RunStore, load_or_run
@@ -33,7 +33,6 @@ from paperlib.runs import Run, RunStore, load_or_run
 __all__ = ["Stage", "register_stage", "stages", "stage_of", "stage_subrun", "stage_run", "check_run_config",
            "run_or_load"]
 
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -129,9 +128,9 @@ def check_run_config(run: Any, cfg: Any) -> Run:
     return run
 
 
-def run_or_load(run: Run, cfg: Any, compute: Callable[[Run], T], *, metrics: Callable[[T], Mapping[str, Any] | None],
-                load: Callable[[Run], T], force: bool = False, wait: bool | float = False,
-                reload: bool = False) -> T:
+def run_or_load(run: Run, cfg: Any, compute: Callable[[Run], Any], *, metrics: Callable[[Any], Mapping[str, Any] | None],
+                load: Callable[[Run], Any], force: bool = False, wait: bool | float = False,
+                reload: bool = False) -> Any:
     """The stage's result for ``cfg`` in ``run``: loaded if the run is finished, else computed and sealed.
 
     Args:
@@ -151,7 +150,7 @@ def run_or_load(run: Run, cfg: Any, compute: Callable[[Run], T], *, metrics: Cal
     one :class:`~paperlib.runs.RunCorruptError` unless ``force`` (:func:`~paperlib.runs.load_or_run`).
     """
     check_run_config(run, cfg)
-    computed: list[T] = []
+    computed: list[Any] = []
 
     def work(r: Run) -> Mapping[str, Any] | None:
         result = compute(r)
