@@ -149,17 +149,20 @@ PAGES = toc_pages()
 REBUILT = "result pages are rebuilt on the new grid (issue 15)"
 CAPTIONED_IN_CODE = ("the figure is a bare cell output: its caption comes with glue/figure in the page's code cells, "
                      "edited in another branch (issue 15)")
-#: Page checks that today's pages fail, measured at 1280 px on the build of this branch (overflow in px past the
-#: 752 px column: table_1 531, bound 359, table_B5 228, table_2 62, table_B6 4). Each is an xfail(strict=True):
+#: Page checks that today's pages fail, measured at 1280 px (overflow in px past the 752 px column: table_1 531,
+#: bound 359, table_B5 228, what_reproduced 113 (its full comparisons table), table_2 62, table_B4 23 (the
+#: clean error on the attacked images beside the whole test set's), table_B6 4). Each is an xfail(strict=True):
 #: when a rebuilt page passes, its entry must go (the suite then notices).
 KNOWN_FAILURES: dict[str, dict[str, str]] = {
-    "overflow": dict.fromkeys(["bound", "table_1", "table_2", "table_B5", "table_B6"], REBUILT),
+    "overflow": dict.fromkeys(["bound", "table_1", "table_2", "table_B4", "table_B5", "table_B6", "what_reproduced"],
+                              REBUILT),
     "captions": {**dict.fromkeys(["attack", "bound", "certify", "train", "figure_1", "table_B3", "table_B4",
                                   "table_B5", "performance"], REBUILT),
                  **dict.fromkeys(["data_and_models", "prop_2_2_bounds", "prop_3_1_quadratic_cost",
                                   "prop_3_2_finite_differences"], CAPTIONED_IN_CODE)},
-    "truncation": dict.fromkeys(["figure_1", "table_1", "table_2", "table_B3", "table_B4", "table_B5", "table_B6",
-                                 "what_reproduced"], REBUILT),
+    # what_reproduced renders its verdicts as a full-text HTML table now: no "..." there any more
+    "truncation": dict.fromkeys(["figure_1", "table_1", "table_2", "table_B3", "table_B4", "table_B5", "table_B6"],
+                                REBUILT),
 }
 
 
