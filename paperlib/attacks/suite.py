@@ -509,15 +509,8 @@ def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: At
             if attack_name == "boundary" and cfg.boundary_every > 1:  # every k-th image of the whole draw
                 on = torch.arange(s, s + len(xb)) % cfg.boundary_every == 0
                 xj, yj, ij = xb[on], yb[on], ib[on]
-            counted.reset()
-            t0 = time.perf_counter()
-            res = atk(counted, xj, yj, seed=cfg.seed, keys=ij)
-            dt = time.perf_counter() - t0
-            fwd, bwd = counted.reset()
             key = f"{attack_name}-{norm}"
-            state["seconds"][key] = state["seconds"].get(key, 0.0) + dt
-            prev_passes = state["passes"].get(key, [0, 0])
-            state["passes"][key] = [prev_passes[0] + fwd, prev_passes[1] + bwd]
+            res = _counted_call(counted, state, key, lambda: atk(counted, xj, yj, seed=cfg.seed, keys=ij))
             st = _job_stats(res, xj)
             prev = state["stats"].get(key, {})
             state["stats"][key] = {k: max(v, prev.get(k, 0.0)) for k, v in st.items()}
@@ -533,6 +526,20 @@ def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: At
     table = pd.DataFrame(state["rows"], columns=ATTACK_COLUMNS)
     table["success"] = table["success"].astype(bool)
     return table, {"stats": state["stats"], "seconds": state["seconds"], "passes": state["passes"]}
+
+
+def _counted_call(counted: "PassCounter", state: dict, key: str, call):
+    """Run ``call()`` (an attack on the pass-counting model) and add its wall seconds and its forward and
+    backward passes to ``state['seconds'][key]`` and ``state['passes'][key]``; return what it returned."""
+    counted.reset()
+    t0 = time.perf_counter()
+    out = call()
+    dt = time.perf_counter() - t0
+    fwd, bwd = counted.reset()
+    state["seconds"][key] = state["seconds"].get(key, 0.0) + dt
+    prev = state["passes"].get(key, [0, 0])
+    state["passes"][key] = [prev[0] + fwd, prev[1] + bwd]
+    return out
 
 
 def summarize(attacks: pd.DataFrame, best: pd.DataFrame, seconds: Optional[dict] = None,
@@ -728,17 +735,10 @@ def _reference_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg:
             todo = torch.ones(len(xb), dtype=torch.bool) if eps is None else ~broken.get(
                 (norm, eps), torch.zeros(len(xb), dtype=torch.bool))
             rows = todo.nonzero().flatten()
-            counted.reset()
-            t0 = time.perf_counter()
-            if rows.numel():
-                kw = {} if eps is None else {"eps": eps}
-                res = atk(counted, xb[rows], yb[rows], seed=cfg.seed, keys=ib[rows], **kw)
-            dt = time.perf_counter() - t0
-            fwd, bwd = counted.reset()
-            key = _reference_key(attack_name, norm, eps)
-            state["seconds"][key] = state["seconds"].get(key, 0.0) + dt
-            prev = state["passes"].get(key, [0, 0])
-            state["passes"][key] = [prev[0] + fwd, prev[1] + bwd]
+            kw = {} if eps is None else {"eps": eps}
+            res = _counted_call(counted, state, _reference_key(attack_name, norm, eps),
+                                lambda: atk(counted, xb[rows], yb[rows], seed=cfg.seed, keys=ib[rows], **kw)
+                                if rows.numel() else None)
             if rows.numel():
                 if eps is not None:
                     done = broken.get((norm, eps), torch.zeros(len(xb), dtype=torch.bool)).clone()
