@@ -1015,14 +1015,16 @@ def figure1(grid: dict[str, ModelResults], *, dataset: str | None = None):
     if dataset is None:
         dataset = grid_names(grid)["dataset"]
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 5.6))
     grids = {"linf": np.linspace(0, 48 / 255, 97), "l2": np.linspace(0, 3.0, 121)}
     for ax, norm in zip(axes, ("linf", "l2")):
         curves = model_error_curves(grid, norm, FIGURE1_MODELS[norm], grids[norm])
         for i, k in enumerate(curves.columns):
-            color = f"C{i}"
+            color = "black" if k == "undefended" else f"C{i}"
+            # three families told apart by line style: undefended dotted, adversarial training dashed, penalties solid
+            style = ":" if k == "undefended" else "--" if k.startswith(("pgd-at", "free-at")) else "-"
             x = curves.index.to_numpy() * (255 if norm == "linf" else 1)
-            ax.plot(x, curves[k], color=color, label=paper.ROW_KEYS.get(k, k), lw=1.8)
+            ax.plot(x, curves[k], color=color, ls=style, label=paper.ROW_KEYS.get(k, k), lw=1.8)
             n = int(grid[k].suite.best[grid[k].suite.best["norm"] == norm]["image"].nunique())
             band = np.array([wilson_interval(int(round(v * n / 100)), n) for v in curves[k]])
             ax.fill_between(x, band[:, 0], band[:, 1], color=color, alpha=0.08, lw=0)
@@ -1036,10 +1038,11 @@ def figure1(grid: dict[str, ModelResults], *, dataset: str | None = None):
                 ax.axvline(e, color="0.85", lw=0.8, zorder=0)
         else:
             ax.set_xlabel("perturbation size eps, l2 (pixel scale [0, 1])")
-        ax.set_ylabel("% test error under attack (best of the suite; band: 95% Wilson)")
+        ax.set_ylabel("% test error under attack (band: 95% Wilson)")
         ax.set_title(f"{dataset}: attacks in {'l-infinity' if norm == 'linf' else 'l2'}")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7.5, loc="lower right")
+        # below the panel, where it hides no curve
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
