@@ -9,6 +9,11 @@ model misclassifies has distance 0, one that no attack broke has distance ``inf`
   ``best.csv`` table on an even grid (the book's figures);
 * :func:`best_values` -- the best distances of one norm as an array.
 
+Certified error (Tables 1, B.5, B.6): from a per-image certified radius (the L-bound, the omega distance,
+randomized smoothing's radius) and whether the image is classified correctly, :func:`certified_error` is the %
+of images not certified at each radius. The bounds (:mod:`paperlib.bounds.stage`), randomized smoothing
+(:mod:`paperlib.bounds.smoothing`) and the report all count it here.
+
 A distance equal to eps counts as an error at eps (the closed ball), also after ``best.csv`` was written with 10
 significant digits and read back (:data:`TIE_RTOL`), so every table and curve counts a tie the same way.
 
@@ -45,8 +50,8 @@ from torch import Tensor
 from paperlib.config import ConfigError, check_int, check_nonnegative, check_probability, normalize_norm
 
 __all__ = ["BEST_COLUMNS", "TIE_RTOL", "best_distances", "best_values", "empirical_error", "error_curve",
-           "error_curves", "wilson_interval", "bootstrap_interval", "paired_difference_interval", "verdict",
-           "VERDICTS", "error_indicators", "difference_of_proportions_interval", "ratio_interval"]
+           "error_curves", "certified_error", "wilson_interval", "bootstrap_interval", "paired_difference_interval",
+           "verdict", "VERDICTS", "error_indicators", "difference_of_proportions_interval", "ratio_interval"]
 
 #: The three verdicts of :func:`~paperlib.metrics.verdict`.
 VERDICTS = ("holds", "does not hold", "not resolved")
@@ -184,6 +189,31 @@ def error_curves(best: pd.DataFrame, n_points: int = 201, eps_max: Optional[Mapp
                 top = max(top, _LINF_CURVE_MIN)
         out[norm] = error_curve(d, np.linspace(0.0, float(top), n_points))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Certified radii -> certified error
+# --------------------------------------------------------------------------------------------------
+
+
+def certified_error(
+    radius: Tensor | np.ndarray, correct: Tensor | np.ndarray, radii: Sequence[float]
+) -> dict[float, float]:
+    """Certified % error at each ``r`` in ``radii``: ``100 * mean(not (correct and radius >= r))``.
+
+    ``radius`` is a per-image certified radius (L-bound, omega distance, smoothing radius) and ``correct``
+    whether the (smoothed) prediction is right; abstentions and misclassifications are errors at every r.
+    For the omega distance on a grid, ``radius >= r`` implies the image is certified at ``r`` (monotonicity),
+    so the value is exact at grid radii and conservative between them. Unlike an attack distance, a certified
+    radius equal to ``r`` certifies ``r`` exactly: no tie tolerance.
+    """
+    rad = np.asarray(radius.cpu() if isinstance(radius, Tensor) else radius, dtype=np.float64)
+    cor = np.asarray(correct.cpu() if isinstance(correct, Tensor) else correct, dtype=bool)
+    if rad.shape != cor.shape:
+        raise ConfigError(f"radius {rad.shape} and correct {cor.shape} must have the same shape")
+    if rad.size == 0:
+        raise ConfigError("certified error of zero images is undefined")
+    return {float(r): float(100.0 * np.mean(~(cor & (rad >= r)))) for r in radii}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ The grid (Tables 1, 2, B.3, B.4 of the paper), keyed by the row keys of
 * the h study (Table B.4): squared l1, lam 1, h in {1e-4, 1e-3, 1e-2, 0.1, 1} (``h=0.1`` is ``fd-l1-lam1-h0.1``).
 
 Then, for every model: the attack suite in l2 and linf on the profile's ``n_images`` seeded test images
-(:mod:`paperlib.attacks.suite`), the bounds in l2 and linf (:mod:`paperlib.bounds.lipschitz`), and randomized
+(:mod:`paperlib.attacks.suite`), the bounds in l2 and linf (:mod:`paperlib.bounds.stage`), and randomized
 smoothing for ``undefended`` and ``fd-l2-lam1`` (:mod:`paperlib.bounds.smoothing`). Smoothing as Cohen et al. run
 it (three sigmas, n >= 10,000 on 500 images: :func:`~paperlib.bounds.smoothing.certify_grid_configs`) is not a stage of
 the grid; ``paperlib certify <run> --grid`` runs it for one model.
@@ -37,7 +37,7 @@ from typing import Any, Sequence
 # ``training`` as a module: its ``train`` and ``load_trained`` are looked up when the grid runs (tests replace them).
 import paperlib.training as training
 from paperlib.attacks.suite import AttackConfig, attack_model
-from paperlib.bounds.lipschitz import BoundConfig, run_bounds
+from paperlib.bounds.stage import BoundConfig, run_bounds
 from paperlib.bounds.smoothing import CERTIFY_NAME_N, CertifyConfig, certify_grid_configs, run_certify
 from paperlib.config import ConfigError, check_choice, config_hash
 from paperlib.data import dataset_info, load_dataset, sample_images

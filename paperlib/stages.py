@@ -15,7 +15,7 @@ the same and lives here once:
   returns the stage's result.
 
 The stage modules (:mod:`paperlib.training.engine`, :mod:`paperlib.attacks.suite`,
-:mod:`paperlib.bounds.lipschitz`, :mod:`paperlib.bounds.smoothing`) import this module and register their
+:mod:`paperlib.bounds.stage`, :mod:`paperlib.bounds.smoothing`) import this module and register their
 stage; this module imports none of them, so the layers above (the grid, the command line, the report) find a
 result without importing each other.
 """
@@ -87,7 +87,7 @@ def stage_subrun(run: Run | str | os.PathLike, cfg: Any) -> Run:
     """The sub-run of a trained model's run (a :class:`~paperlib.runs.Run` or its directory) that holds the
     evaluation stage with config ``cfg``: ``attack-<config hash>``
     (:class:`~paperlib.attacks.suite.AttackConfig`), ``bounds-<norm>``
-    (:class:`~paperlib.bounds.lipschitz.BoundConfig`) or ``certify-sigma<sigma>``
+    (:class:`~paperlib.bounds.stage.BoundConfig`) or ``certify-sigma<sigma>``
     (:class:`~paperlib.bounds.smoothing.CertifyConfig`; ``certify-sigma<sigma>-n<n>`` when ``n`` is at least
     :data:`~paperlib.bounds.smoothing.CERTIFY_NAME_N`). The one place the evaluation stages' runs are found, so
     the grid, the command line, the table pages and the experiment notebooks agree."""

@@ -145,7 +145,8 @@ def _penalty(out: dict[str, Any]) -> None:
 
 def _bounds(out: dict[str, Any]) -> None:
     from paperlib.bounds.adversarial import ascent_residuals
-    from paperlib.bounds.lipschitz import ball_gradient_norms, box_diameter, first_order_residuals
+    from paperlib.bounds.lipschitz import ball_gradient_norms
+    from paperlib.bounds.omega import box_diameter, first_order_residuals
     from paperlib.bounds.sampling import make_generator
     from paperlib.bounds.statistics import dual_norm, dual_norm_name
     from paperlib.losses import logit_margin_loss

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from paperlib.attacks import (
     PGD,
@@ -25,21 +24,7 @@ from paperlib.attacks import (
     image_keys,
 )
 from paperlib.config import ConfigError
-
-
-class TinyCNN(nn.Module):
-    """A float64 CNN for 1x8x8 inputs that records the mode it was called in."""
-
-    def __init__(self, seed: int = 0, classes: int = 4) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, classes))
-        self.net.double()
-        self.modes: list[bool] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.modes.append(self.training)
-        return self.net(x) * 5.0
+from tests.helpers import TinyCNN, contract_batch, images
 
 
 def small_attacks():
@@ -52,25 +37,6 @@ def small_attacks():
         "logbarrier-l2": LogBarrierAttack(norm="L2", max_outer=2, max_inner=20),
         "logbarrier-linf": LogBarrierAttack(norm="linf", max_outer=2, max_inner=20),
     }
-
-
-def images(n: int = 5, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 8, 8, generator=g, dtype=torch.float64)
-
-
-def contract_batch() -> tuple[TinyCNN, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(model, x, a copy of x, y)`` for the contract checks: a TinyCNN left in train mode with its mode record
-    cleared, five images, labels the model predicts except image 4's (misclassified from the start)."""
-    model = TinyCNN()
-    x = images()
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    y[4] = (y[4] + 1) % 4
-    x_before = x.clone()
-    model.train()
-    model.modes.clear()
-    return model, x, x_before, y
 
 
 @pytest.fixture(scope="module")

@@ -27,36 +27,7 @@ import torch
 from torch import nn
 
 from paperlib.attacks import BoundaryAttack, CarliniWagnerL2, LogBarrierAttack, MinimalPGD
-
-
-def linear_problem(num_classes: int, n: int = 8, side: int = 8, seed: int = 0):
-    """A float64 linear classifier, images near 0.5 and the exact minimal l2/linf distances."""
-    g = torch.Generator().manual_seed(seed)
-    d = side * side
-    W = torch.randn(num_classes, d, generator=g, dtype=torch.float64) * (8.0 / d ** 0.5) * 0.5
-    b = 0.1 * torch.randn(num_classes, generator=g, dtype=torch.float64)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(d, num_classes)).double()
-    with torch.no_grad():
-        model[1].weight.copy_(W)
-        model[1].bias.copy_(b)
-    x = 0.45 + 0.1 * torch.rand(n, 1, side, side, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        z = model(x)
-    y = z.argmax(1)
-    gap = z.gather(1, y[:, None]) - z  # z_c - z_j >= 0
-    dw = W[y][:, None, :] - W[None, :, :]  # [n, K, D]
-    self_mask = torch.arange(num_classes)[None] == y[:, None]
-    r2 = (gap / dw.norm(dim=2)).masked_fill(self_mask, float("inf"))
-    rinf = (gap / dw.abs().sum(2)).masked_fill(self_mask, float("inf"))
-    j2, jinf = r2.argmin(1), rinf.argmin(1)
-    exact_l2, exact_linf = r2.min(1).values, rinf.min(1).values
-    # the closest points must lie inside [0, 1] for the closed form to be the answer
-    rows = torch.arange(n)
-    u2 = dw[rows, j2] / dw[rows, j2].norm(dim=1, keepdim=True)
-    p2 = x.flatten(1) - exact_l2[:, None] * u2
-    pinf = x.flatten(1) - exact_linf[:, None] * dw[rows, jinf].sign()
-    assert bool((p2 >= 0).all() and (p2 <= 1).all() and (pinf >= 0).all() and (pinf <= 1).all())
-    return model, x, y, exact_l2, exact_linf
+from tests.helpers import linear_problem
 
 
 def assert_close_to_exact(found: torch.Tensor, exact: torch.Tensor, rtol: float) -> None:

@@ -34,8 +34,7 @@ from paperlib.attacks import (
 from paperlib.attacks.suite import AttackConfig, reference_cross_check, run_attack_suite
 from paperlib.config import ConfigError, config_hash, config_to_dict
 from tests.conftest import requires_fmnist
-from tests.test_attacks_contract import TinyCNN, contract_batch, images
-from tests.test_attacks_exact import linear_problem
+from tests.helpers import TinyCNN, contract_batch, images, linear_problem
 
 torchattacks = pytest.importorskip("torchattacks")
 foolbox = pytest.importorskip("foolbox")

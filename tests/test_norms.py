@@ -25,6 +25,16 @@ DUAL = {"l1": "linf", "l2": "l2", "linf": "l1"}
 #: - ``Norm.distance`` is float64 for every input; before, a float32 input gave a float32 distance.
 NOW_FLOAT64 = ("attack_norm/l2/float32/distance", "attack_norm/linf/float32/distance")
 
+#: Float32 outputs downstream of a finite-difference quotient ``(l(x + h d) - l(x)) / h``: the quotient turns the
+#: last-bit differences of two CPUs' float32 kernels into errors about ``1/h`` times larger, and a training step
+#: carries them into every parameter. Measured between the recording machine and another machine of this kind
+#: (2 cores, torch 2.14.1, one thread): up to 1.8e-4 of the tensor's largest magnitude (penalties of
+#: ``fd/l1/forward``, parameters of ``train/fd-l2``), where the rest of the record agrees to rtol 1e-5. These are
+#: compared norm-wise, ``max|new - old| <= 1e-3 max|old|`` (about five times the largest difference measured), which
+#: still fails any change of the penalty's scale, norm or direction by 0.1% or more.
+FD_FLOAT32_PREFIXES = ("fd/", "train/fd-")
+FD_FLOAT32_RTOL = 1e-3
+
 
 def _batch(n: int, shape=(2, 3), seed: int = 0, scale: float = 1.0) -> torch.Tensor:
     return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
@@ -46,7 +56,9 @@ def test_moving_the_norm_code_into_one_module_changed_no_number():
     On the machine that recorded them every output was bit-identical after the move except the two kinds listed
     above. Float32 kernels differ between CPUs in the last bits, so the lasting check compares with a tolerance
     far below any real change (a wrong step order or scale moves these numbers by 1e-3 or more) instead of
-    bit for bit: rtol 1e-5 in float32, 1e-12 in float64.
+    bit for bit: rtol 1e-5 for what was computed in float32 (whatever the dtype it is returned in), 1e-12 in
+    float64, and 1e-3 of the largest magnitude for the float32 outputs of finite differences
+    (``FD_FLOAT32_PREFIXES``).
     """
     before = torch.load(REFERENCE, weights_only=False)
     after = reference_outputs()
@@ -58,15 +70,19 @@ def test_moving_the_norm_code_into_one_module_changed_no_number():
             if new != old:
                 bad.append(key)
             continue
+        # float64 results of a float32 computation (the bounds' residuals, keyed '.../float32') round in float32
+        float32 = old.dtype == torch.float32 or "/float32" in key
         if key in NOW_FLOAT64:
             ok = new.dtype == torch.float64 and old.dtype == torch.float32
             old = old.double()
             rtol, atol = 1e-6, 0.0
         else:
             ok = new.dtype == old.dtype
-            rtol, atol = (1e-12, 1e-15) if old.dtype == torch.float64 else (1e-5, 1e-6)
+            rtol, atol = (1e-5, 1e-6) if float32 else (1e-12, 1e-15)
         if not old.is_floating_point():
             ok = ok and torch.equal(new, old)
+        elif ok and float32 and key.startswith(FD_FLOAT32_PREFIXES):
+            ok = float((new - old).abs().max()) <= FD_FLOAT32_RTOL * float(old.abs().max())
         elif not (ok and torch.allclose(new, old, rtol=rtol, atol=atol)):
             ok = False
         if not ok:

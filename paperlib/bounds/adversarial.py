@@ -1,7 +1,7 @@
 """An adversarial estimate of the modulus of continuity: projected gradient ascent on the first-order residual.
 
 The paper estimates ``omega(eps) = sup_{x, ||v|| <= eps} r_x(v)``, ``r_x(v) = l(x+v) - l(x) - <v, grad l(x)>``
-(eq. 5), from perturbations drawn uniformly in the eps-ball (:func:`paperlib.bounds.lipschitz.first_order_residuals`).
+(eq. 5), from perturbations drawn uniformly in the eps-ball (:func:`paperlib.bounds.omega.first_order_residuals`).
 In high dimension a uniform point of the ball is almost orthogonal to the few directions in which the loss bends,
 so the residuals it sees are far below the supremum, and the omega-bound it gives is not a bound on the images
 where it matters. :func:`ascent_residuals` instead *maximises* ``r_x`` over the ball (intersected with the [0, 1]
@@ -22,25 +22,15 @@ samples are not. Cost per image and radius: ``starts * (steps + 1)`` forward and
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
-from paperlib.config import ConfigError, check_positive, normalize_norm
+from paperlib.config import ConfigError, check_int, check_positive, normalize_norm
 from paperlib.losses import margin_loss
 from paperlib.norms import get_norm, perturb_in_box
-from paperlib.bounds.statistics import eval_mode, model_device
+from paperlib.bounds.statistics import LossFn, eval_mode, model_device
 
 __all__ = ["ascent_residuals", "ascent_passes"]
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
-    return value
 
 
 def ascent_passes(steps: int, starts: int) -> int:
@@ -82,9 +72,9 @@ def ascent_residuals(
     """
     ball = get_norm(normalize_norm(norm))
     check_positive("eps", eps)
-    _check_int("steps", steps, 0)
-    _check_int("starts", starts, 1)
-    _check_int("batch_size", batch_size, 1)
+    steps = check_int("steps", steps, 0)
+    starts = check_int("starts", starts, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     alpha = float(check_positive("step_size", step_size)) if step_size is not None else 2.5 * eps / max(steps, 1)
     device = model_device(model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from paperlib.config import ConfigError, normalize_norm
+from paperlib.runs import finished_dir
 
 __all__ = ["BOUND_COLUMNS", "audit_bounds", "smoothing_lower_bound", "find_best_tables", "audit_model_run"]
 
@@ -30,13 +31,14 @@ __all__ = ["BOUND_COLUMNS", "audit_bounds", "smoothing_lower_bound", "find_best_
 BOUND_COLUMNS: tuple[str, ...] = ("l_bound_evt", "l_bound_empirical_max", "omega_distance",
                                   "omega_distance_adversarial", "omega_distance_adversarial_per_image")
 
-BEST_COLUMNS = ("image", "norm", "best")
+#: The columns of ``best.csv`` the audit reads (of :data:`~paperlib.metrics.BEST_COLUMNS`).
+_BEST_NEEDED = ("image", "norm", "best")
 
 
 def _check_best(best: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in BEST_COLUMNS if c not in best.columns]
+    missing = [c for c in _BEST_NEEDED if c not in best.columns]
     if missing:
-        raise ConfigError(f"best-distance table lacks column(s) {missing}; expected {list(BEST_COLUMNS)} "
+        raise ConfigError(f"best-distance table lacks column(s) {missing}; expected {list(_BEST_NEEDED)} "
                           "(the attack suite's best.csv)")
     best = best.copy()
     best["norm"] = best["norm"].map(lambda s: normalize_norm(str(s)))
@@ -118,8 +120,6 @@ def find_best_tables(run_path: str | Path) -> list[Path]:
 
 
 def _finished(path: Path) -> bool:
-    from paperlib.runs import finished_dir
-
     return finished_dir(path)
 
 

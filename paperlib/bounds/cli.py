@@ -10,7 +10,7 @@ the attack suite's ``best.csv`` when it exists; ``certify`` with several sigmas 
 minimum over sigma of the certified error at each radius).
 
 Every option that sets a config field is made from the field (:mod:`paperlib.options`); one left out takes the
-default of the config dataclass (:class:`~paperlib.bounds.lipschitz.BoundConfig`,
+default of the config dataclass (:class:`~paperlib.bounds.stage.BoundConfig`,
 :class:`~paperlib.bounds.smoothing.CertifyConfig`), except the image count and batch size of ``bound`` (the
 profile's) and, with ``certify --grid``, the profile's certification grid
 (:func:`~paperlib.bounds.smoothing.certify_grid_configs`).
@@ -25,7 +25,7 @@ from typing import Any
 # the training area as a module: its load_trained is looked up when a command runs (tests replace it)
 import paperlib.training as training
 from paperlib.bounds.audit import audit_model_run
-from paperlib.bounds.lipschitz import BoundConfig, run_bounds
+from paperlib.bounds.stage import BoundConfig, run_bounds
 from paperlib.bounds.smoothing import (CertifyConfig, certify_grid_configs, max_certifiable_radius, run_certify,
                                       smoothing_envelope)
 from paperlib.config import ConfigError

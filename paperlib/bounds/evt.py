@@ -33,10 +33,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from scipy import stats
+from scipy.optimize import minimize
 
 from paperlib.config import ConfigError, check_probability
 
-__all__ = ["GEVFit", "batch_maxima", "fit_gev", "estimate_supremum"]
+__all__ = ["GEVFit", "batch_maxima", "fit_gev", "estimate_supremum", "estimate_label"]
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,6 @@ def _mle(z: np.ndarray, bounded: bool = False) -> tuple[float, float, float, flo
     starting point; this is the same likelihood, minimized more carefully.) ``bounded``: the shape is kept
     positive (``c = exp(theta_0)``), i.e. a reverse-Weibull fit with a finite right endpoint, as CLEVER fits.
     """
-    from scipy.optimize import minimize
-
     def nll(theta: np.ndarray) -> float:
         c, loc, log_scale = theta
         c = math.exp(min(float(c), 50.0)) if bounded else float(c)
@@ -281,3 +280,15 @@ def estimate_supremum(
         maxima, tail_prob=tail_prob, ks_alpha=ks_alpha, min_maxima=min_maxima, floor_at_max=floor_at_max,
         empirical_max=float(arr.max()), n_samples=int(arr.size), batch_size=batch_size, seed=seed, bounded=bounded,
     )
+
+
+def estimate_label(fit: GEVFit | dict[str, Any]) -> str:
+    """How an estimate was obtained, in words: 'EVT accepted' (the GEV fit passed its KS test and gave the
+    value), 'empirical-max fallback: <reason>' (a fit was asked for but not used), or 'empirical max
+    (requested)' (the config asked for the largest sample)."""
+    d = fit.to_dict() if isinstance(fit, GEVFit) else fit
+    if d.get("method") == "gev":
+        return "EVT accepted"
+    if d.get("reason") == "requested":
+        return "empirical max (requested)"
+    return f"empirical-max fallback: {d.get('reason', '')}"

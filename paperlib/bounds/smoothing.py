@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 from scipy import stats
 from torch import nn
+from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
 
 from paperlib.config import (
     ConfigError,
@@ -49,12 +50,11 @@ from paperlib.config import (
     check_probability,
     check_unit_images,
     config_from_dict,
-    config_hash,
 )
 from paperlib.models import model_classes
-from paperlib.bounds.lipschitz import certified_error
 from paperlib.bounds.statistics import eval_mode, model_device
 from paperlib.evaluation import certify_grid_budgets
+from paperlib.metrics import certified_error
 from paperlib.stages import Stage, register_stage, run_or_load
 
 __all__ = [
@@ -210,8 +210,6 @@ class Smooth:
         batch_size = _check_count("batch_size", batch_size)
         if x.ndim != 3:
             raise ConfigError(f"x must be one image [C, H, W]; got shape {tuple(x.shape)}")
-        from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
-
         device = model_device(self.base_classifier)
         dtype = next((p.dtype for p in self.base_classifier.parameters() if p.is_floating_point()), x.dtype)
         xd = x.to(device=device, dtype=dtype)
@@ -500,8 +498,6 @@ def run_certify(
     smooth = Smooth(model, num_classes, cfg.sigma)
 
     def compute(r: Any) -> CertifyResult:
-        from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
-
         rows: list[dict[str, Any]] = []
         state = r.load_checkpoint() if r is not None else None
         if state is not None and state.get("kind") == "certify":

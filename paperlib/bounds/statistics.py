@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
 
 from paperlib.models import eval_mode
 from paperlib.config import ConfigError, check_labels, check_logits, normalize_norm
@@ -138,8 +139,6 @@ def image_statistics(
         raise ConfigError(f"batch_size={batch_size!r} must be a positive integer")
     if x.shape[0] != y.shape[0]:
         raise ConfigError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels")
-    from tqdm import tqdm  # text bars: no ipywidgets needed in notebooks
-
     device = model_device(model)
     dtype = _model_dtype(model, x.dtype)
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("loss", "l2", "l1", "pred")}

@@ -289,7 +289,7 @@ def finished_attacks(exp: Experiment):
 def run_bound_stage(exp: Experiment, norms: Sequence[str] = ("l2", "linf"), *, progress: bool = False
                     ) -> dict[str, Any]:
     """The bounds per norm (sub-runs ``bounds-l2``, ``bounds-linf``), run or loaded
-    (:func:`paperlib.bounds.lipschitz.run_bounds`); returns ``{norm: BoundsResult}`` as stored on disk."""
+    (:func:`paperlib.bounds.stage.run_bounds`); returns ``{norm: BoundsResult}`` as stored on disk."""
     out = {}
     for norm in norms:
         bcfg = exp.evals[f"bound-{norm}"]
@@ -340,7 +340,7 @@ def checks_table(checks: Sequence) -> pd.DataFrame:
 
 def bounds_table(results: Mapping[str, Any]) -> pd.DataFrame:
     """Per norm: images, clean error, the Lipschitz constant L (EVT), the mean L-bound and the mean omega-bound
-    distance (:class:`~paperlib.bounds.lipschitz.BoundsResult` per norm, ``{'l2': ..., 'linf': ...}``)."""
+    distance (:class:`~paperlib.bounds.stage.BoundsResult` per norm, ``{'l2': ..., 'linf': ...}``)."""
     rows = []
     for norm, res in results.items():
         t = res.table
@@ -360,7 +360,7 @@ def bounds_table(results: Mapping[str, Any]) -> pd.DataFrame:
 def certified_error_curve(radius: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray,
                           radii: Sequence[float] | np.ndarray) -> pd.DataFrame:
     """Certified % error at each radius of a (dense) grid: ``100 * mean(not (correct and radius >= r))``
-    (:func:`paperlib.bounds.lipschitz.certified_error`). Returns ``DataFrame(radius, error_pct)``."""
+    (:func:`paperlib.metrics.certified_error`). Returns ``DataFrame(radius, error_pct)``."""
     errs = certified_error(np.asarray(radius, dtype=float), np.asarray(correct, dtype=bool), list(radii))
     return pd.DataFrame({"radius": list(errs), "error_pct": list(errs.values())})
 

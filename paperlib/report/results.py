@@ -28,11 +28,11 @@ import pandas as pd
 from paperlib.attacks.suite import load_suite
 from paperlib.bounds import load_bounds, load_certify, max_certifiable_radius
 from paperlib.bounds.audit import audit_bounds
-from paperlib.bounds.lipschitz import certified_error
 from paperlib.config import check_choice
 from paperlib.metrics import (
     best_values,
     bootstrap_interval,
+    certified_error,
     difference_of_proportions_interval,
     empirical_error,
     error_curve,
