@@ -1015,14 +1015,16 @@ def figure1(grid: dict[str, ModelResults], *, dataset: str | None = None):
     if dataset is None:
         dataset = grid_names(grid)["dataset"]
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 5.6))
     grids = {"linf": np.linspace(0, 48 / 255, 97), "l2": np.linspace(0, 3.0, 121)}
     for ax, norm in zip(axes, ("linf", "l2")):
         curves = model_error_curves(grid, norm, FIGURE1_MODELS[norm], grids[norm])
         for i, k in enumerate(curves.columns):
-            color = f"C{i}"
+            color = "black" if k == "undefended" else f"C{i}"
+            # three families told apart by line style: undefended dotted, adversarial training dashed, penalties solid
+            style = ":" if k == "undefended" else "--" if k.startswith(("pgd-at", "free-at")) else "-"
             x = curves.index.to_numpy() * (255 if norm == "linf" else 1)
-            ax.plot(x, curves[k], color=color, label=paper.ROW_KEYS.get(k, k), lw=1.8)
+            ax.plot(x, curves[k], color=color, ls=style, label=paper.ROW_KEYS.get(k, k), lw=1.8)
             n = int(grid[k].suite.best[grid[k].suite.best["norm"] == norm]["image"].nunique())
             band = np.array([wilson_interval(int(round(v * n / 100)), n) for v in curves[k]])
             ax.fill_between(x, band[:, 0], band[:, 1], color=color, alpha=0.08, lw=0)
@@ -1036,10 +1038,79 @@ def figure1(grid: dict[str, ModelResults], *, dataset: str | None = None):
                 ax.axvline(e, color="0.85", lw=0.8, zorder=0)
         else:
             ax.set_xlabel("perturbation size eps, l2 (pixel scale [0, 1])")
-        ax.set_ylabel("% test error under attack (best of the suite; band: 95% Wilson)")
+        ax.set_ylabel("% test error under attack (band: 95% Wilson)")
         ax.set_title(f"{dataset}: attacks in {'l-infinity' if norm == 'linf' else 'l2'}")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7.5, loc="lower right")
+        # below the panel, where it hides no curve
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def tradeoff_figure(grid: dict[str, ModelResults], *, new: tuple[str, float, dict[str, float]] | None = None,
+                    eps: dict[str, float] | None = None):
+    """The grid's clean-vs-robust trade-off: for each model, the clean % error on the whole test set (x) against
+    the empirical % error under the attack suite at one radius per norm (y; default 8/255 in linf, 1.0 in l2),
+    one panel per norm, adversarial training and penalties told apart by marker. ``new = (label, clean % error,
+    {norm: robust % error})`` adds a model that is not in the grid (the train and attack pages' model): a star
+    where its robust error is known, a vertical line at its clean error where it is not. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    eps = {"linf": 8 / 255, "l2": 1.0, **(eps or {})}
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.6))
+    for ax, norm in zip(axes, ("linf", "l2")):
+        for k, m in grid.items():
+            if not _attacked(m, norm):
+                continue
+            marker = "s" if k == "undefended" else "^" if k.startswith(("pgd-at", "free-at")) else "o"
+            color = "black" if k == "undefended" else "C1" if marker == "^" else "C0"
+            ax.plot(float(m.metrics["clean_error_pct"]), _emp_err(m, norm, eps[norm]), marker, color=color,
+                    ms=7, alpha=0.8)
+        for marker, color, label in (("s", "black", "undefended"), ("^", "C1", "adversarial training"),
+                                     ("o", "C0", "gradient penalties")):
+            ax.plot([], [], marker, color=color, label=f"grid: {label}")
+        if new is not None:
+            label, clean, robust = new
+            if robust.get(norm) is not None and not math.isnan(float(robust[norm])):
+                ax.plot(float(clean), float(robust[norm]), "*", color="C3", ms=16, label=f"this page: {label}")
+            else:
+                ax.axvline(float(clean), color="C3", ls="--", lw=1.5,
+                           label=f"this page: {label} (clean error only)")
+        radius = f"{eps[norm] * 255:g}/255" if norm == "linf" else f"{eps[norm]:g}"
+        ax.set_xlabel("clean % test error (whole test set)")
+        ax.set_ylabel(f"% error under attack, {norm} eps = {radius}")
+        ax.set_title(f"{grid_names(grid)['dataset']}: the trade-off in {norm}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8.5, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def check_failures_note(grid: dict[str, ModelResults]) -> str:
+    """The verdict page's reading of the evaluation checks, generated from the runs: which check fails on how
+    many models, each failing check's measured message on one model, and whether the best distances could depend
+    on it (images no attack broke). Markdown; empty checks give a sentence saying so."""
+    checks = check_verdicts(grid)
+    if checks.empty:
+        return "No model of this grid has been attacked yet."
+    failing = [c for c in checks.columns if not checks[c].all()]
+    if not failing:
+        return f"All {len(checks)} attacked models pass every check."
+    lines = []
+    for c in failing:
+        bad = [k for k in checks.index if not checks.loc[k, c]]
+        example = check_messages(grid, c)[bad[0]]
+        lines.append(f"- `{c}` fails on {len(bad)} of {len(checks)} models ({', '.join(bad)}); on "
+                     f"{bad[0]}: {example}.")
+    unbroken = {k: (int(m.suite.summary.get("unbroken_l2", 0)), int(m.suite.summary.get("unbroken_linf", 0)))
+                for k, m in grid.items() if m.suite is not None}
+    left = {k: v for k, v in unbroken.items() if sum(v)}
+    if left:
+        lines.append("- Images no attack broke (l2, linf): " + ", ".join(f"{k} {a}, {b}" for k, (a, b) in left.items())
+                     + "; their best distance is unknown, so a failing success check can move these models' numbers.")
+    else:
+        lines.append(f"- On every model some attack broke every attacked image (no image is left unbroken in either "
+                     f"norm), so a minimal attack's failures do not leave a best distance unknown; the convergence "
+                     f"check above says whether the budgets found the closest ones.")
+    return "\n".join(lines)
