@@ -29,6 +29,7 @@ invocations respect) and the grid goes on with the others.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ import paperlib.training as training
 from paperlib.attacks.suite import AttackConfig, attack_model
 from paperlib.bounds.stage import BoundConfig, run_bounds
 from paperlib.bounds.smoothing import CERTIFY_NAME_N, CertifyConfig, certify_grid_configs, run_certify
-from paperlib.config import ConfigError, check_choice, config_hash
+from paperlib.config import ConfigError, check_choice, check_int, config_hash
 from paperlib.data import dataset_info, load_dataset, sample_images
 from paperlib.evaluation import _EVAL, CERTIFY_SIGMAS, SCALES, evaluation_budgets  # noqa: F401 (re-exported)
 from paperlib.runs import RunLockedError, RunStore, atomic_write_text
@@ -114,7 +115,7 @@ def _timed(times: dict[str, float], stage: str, fn, *args, **kwargs):
 def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Sequence[str] = STAGES,
               only: Sequence[str] | None = None, progress: bool = True, log=print,
               recipe: dict[str, Any] | None = None, free_schedule: str | None = None,
-              scale: str = "profile") -> dict[str, Any]:
+              scale: str = "profile", seeds: Sequence[int] = (0,)) -> dict[str, Any]:
     """Run (or load) the grid of ``profile`` through ``stages``; return per-stage wall times and the runs.
 
     Args:
@@ -125,6 +126,9 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
         progress: tqdm bars in each stage.
         log: where to print one line per finished step.
         recipe, free_schedule: see :func:`grid`.
+        seeds: training seeds of every selected model (default ``(0,)``, the grid itself). A seed ``k > 0`` is
+            the same model trained again with ``seed=k`` (run name suffix ``-seed<k>``, key ``<key>@seed<k>``),
+            evaluated on the same images, so that training variance can be shown beside a comparison.
         scale: the evaluation, ``'profile'`` (the profile's own budgets) or ``'paper'`` (1000 images, the cheap
             early-stopping attack budgets, the recommended bound estimators, smoothing at every sigma of the
             certification grid; :func:`~paperlib.evaluation.evaluation_budgets`). Their sub-runs differ by hash,
@@ -141,6 +145,12 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
         for k in only:
             check_choice("model", k, keys)
         keys = [k for k in keys if k in only]
+    seeds = tuple(dict.fromkeys(check_int("seed", s, 0) for s in seeds))
+    if not seeds:
+        raise ConfigError("seeds=() is empty; give at least one training seed, e.g. (0,)")
+    configs = {seeded_key(k, s): dataclasses.replace(configs[k], seed=s) if s else configs[k]
+               for k in keys for s in seeds}
+    keys = list(configs)
     store = RunStore(runs_dir)
     tag = recipe_tag(recipe, free_schedule) + ("-paper" if scale == "paper" else "")  # records apart per scale
     evals = evaluation_configs(profile, scale)
@@ -279,6 +289,11 @@ def _run_name(cfg) -> str:
     return training.run_name(cfg)
 
 
+def seeded_key(key: str, seed: int) -> str:
+    """The grid key of ``key`` trained with ``seed``: ``key`` itself for seed 0, else ``'<key>@seed<k>'``."""
+    return key if seed == 0 else f"{key}@seed{seed}"
+
+
 def _cmd(args: argparse.Namespace) -> int:
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     only = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else None
@@ -294,8 +309,12 @@ def _cmd(args: argparse.Namespace) -> int:
             raise ConfigError(f"--milestones {args.milestones!r} must be comma-separated integers, e.g. 8,12,14") from None
     if args.grad_clip is not None:
         recipe["grad_clip"] = args.grad_clip
+    try:
+        seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r} must be comma-separated integers >= 0, e.g. 0,1,2") from None
     reproduce(args.profile, args.runs_dir, stages=stages, only=only, progress=args.progress, recipe=recipe,
-              free_schedule=args.free_schedule, scale=args.scale)
+              free_schedule=args.free_schedule, scale=args.scale, seeds=seeds)
     return 0
 
 
@@ -307,6 +326,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--runs-dir", default=None, help="run store root (default: $PAPERLIB_RUNS or ./runs)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--only", default=None, help="comma-separated grid keys (e.g. undefended,fd-l2-lam1)")
+    p.add_argument("--seeds", default="0", help="training seeds of each model, e.g. 1,2 (default 0, the grid); "
+                                                  "seed k > 0 trains '<key>@seed<k>' (run suffix -seed<k>)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--scale", default="profile", choices=SCALES,
                    help="evaluation: 'profile' (its own budgets, default) or 'paper' (1000 images, early-stopping "

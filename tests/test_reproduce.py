@@ -108,3 +108,21 @@ def test_a_scale_that_does_not_exist_is_a_one_line_error(profile, scale, match):
     with pytest.raises(ConfigError, match=match) as info:
         evaluation_configs(profile, scale)
     assert "\n" not in str(info.value)
+
+
+def test_extra_training_seeds_train_beside_the_grid_and_reload(tmp_path):
+    lines = []
+    report = reproduce("smoke", tmp_path, stages=("train",), only=["undefended"], seeds=(0, 1), progress=False,
+                       log=lines.append)
+    assert report["models"] == ["undefended", "undefended@seed1"]
+    plain, seeded = tmp_path / "smoke" / "undefended", tmp_path / "smoke" / "undefended-seed1"
+    assert finished_dir(plain) and finished_dir(seeded)
+    cfg = json.loads((seeded / "config.json").read_text())["config"]
+    assert cfg["seed"] == 1 and json.loads((plain / "config.json").read_text())["config"]["seed"] == 0
+    assert (seeded / "weights.pt").read_bytes() != (plain / "weights.pt").read_bytes()  # another training
+    again = reproduce("smoke", tmp_path, stages=("train",), only=["undefended"], seeds=(1,), progress=False,
+                      log=lines.append)
+    assert again["models"] == ["undefended@seed1"] and again["seconds"]["total"] < report["seconds"]["total"]
+    for bad in ((), (-1,), (1.5,)):
+        with pytest.raises(ConfigError):
+            reproduce("smoke", tmp_path, stages=("train",), only=["undefended"], seeds=bad, progress=False)
