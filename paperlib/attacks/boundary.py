@@ -52,9 +52,14 @@ import torch
 from torch import Tensor, nn
 
 from paperlib.attacks.base import ImageNoise, MinimizationAttack
+from paperlib.norms import get_norm
 from paperlib.config import check_nonnegative, check_positive
 
 __all__ = ["BoundaryAttack", "blended_uniform_noise_start", "best_blended_start"]
+
+
+#: the attack's norm (:mod:`paperlib.norms`): distances, the source direction, the orthogonal step's length
+_L2 = get_norm("l2")
 
 
 def _kd(v: Tensor, like: Tensor) -> Tensor:
@@ -166,7 +171,7 @@ def best_blended_start(model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise
             hi = torch.where(adv, mid, hi)
             lo = torch.where(adv, lo, mid)
         pt = ((1 - _kd(hi, xs)) * xs + _kd(hi, xs) * rs).clamp(0, 1)
-        d = (pt - xs).flatten(1).to(torch.float64).norm(dim=1)
+        d = _L2.distance(pt - xs)
         closer = d < best_d[idx]
         best[idx[closer]] = pt[closer]
         best_d[idx[closer]] = d[closer]
@@ -253,7 +258,7 @@ class BoundaryAttack(MinimizationAttack):
         step_hist = torch.zeros(n, wt, dtype=torch.bool, device=dev)
         step_count = torch.zeros(n, dtype=torch.int64, device=dev)
         active = found.nonzero().flatten()
-        mark = (orig - best).norm(dim=1)  # each image's distance at the last early-stopping checkpoint
+        mark = _L2.norm(orig - best)  # each image's distance at the last early-stopping checkpoint
         k = self.update_stats_every_k
         a = self.step_adaptation
         for step in range(1, self.steps + 1):
@@ -261,17 +266,17 @@ class BoundaryAttack(MinimizationAttack):
                 break
             o, p = orig[active], best[active]
             unnorm = o - p
-            src_norm = unnorm.norm(dim=1)
-            src_dir = unnorm / src_norm.clamp_min(1e-30)[:, None]
+            src_norm = _L2.norm(unnorm)
+            src_dir = _L2.direction(unnorm)
             eta = _shared_normal(noise.seed, self._salt, step, d, dt, dev).expand(len(active), d)
             if self.diff_mask:
                 eta = eta * unnorm.abs()
             eta = eta - (eta * src_dir).sum(1, keepdim=True) * src_dir
-            eta = eta * (spherical[active] * src_norm / eta.norm(dim=1).clamp_min(1e-30))[:, None]
+            eta = _L2.step(eta, spherical[active] * src_norm)
             dist = (spherical[active] ** 2 + 1).sqrt()[:, None]
             sph_cand = (o + (eta - unnorm) / dist).clamp(0, 1)
             new_src = o - sph_cand
-            new_norm = new_src.norm(dim=1)
+            new_norm = _L2.norm(new_src)
             length = source[active] * src_norm + new_norm - src_norm
             length = length.clamp_min(0) / new_norm.clamp_min(1e-30)
             cand = (sph_cand + length[:, None] * new_src).clamp(0, 1)
@@ -287,7 +292,7 @@ class BoundaryAttack(MinimizationAttack):
                 step_count[active] += 1
             else:
                 is_adv = _is_adv(model, cand.view(-1, *x.shape[1:]), y[active])
-            closer = (o - cand).norm(dim=1) < src_norm
+            closer = _L2.norm(o - cand) < src_norm
             better = is_adv & closer
             best[active[better]] = cand[better]
             if check:
@@ -306,7 +311,7 @@ class BoundaryAttack(MinimizationAttack):
                 spherical[active], source[active] = sph, src
                 active = active[source[active] >= self.source_step_convergence]
             if self.patience and step % self.patience == 0 and active.numel():
-                now = (orig[active] - best[active]).norm(dim=1)
+                now = _L2.norm(orig[active] - best[active])
                 stalled = now > (1 - self.tol) * mark[active]
                 mark[active] = now
                 active = active[~stalled]

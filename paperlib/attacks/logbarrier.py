@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from paperlib.attacks.base import ImageNoise, MinimizationAttack
+from paperlib.norms import get_norm
 from paperlib.config import ConfigError, check_choice, check_nonnegative, check_positive, check_probability, normalize_norm
 
 __all__ = ["LogBarrierAttack", "gaussian_noise_start"]
@@ -141,8 +142,8 @@ class LogBarrierAttack(MinimizationAttack):
             raise ConfigError(f"init_growth={init_growth!r} must be > 1")
 
     def _dist(self, delta: Tensor) -> Tensor:
-        flat = delta.flatten(1)
-        return flat.norm(dim=1) if self.norm == "l2" else flat.abs().amax(dim=1)
+        """The attack's distance per image, in the input's dtype (:meth:`paperlib.norms.Norm.norm`)."""
+        return get_norm(self.norm).norm(delta)
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
                 **_: object) -> tuple[Tensor, Optional[Tensor]]:
@@ -175,7 +176,7 @@ class LogBarrierAttack(MinimizationAttack):
                 barrier = -torch.log(p_other - p_y)
                 box = self.norm == "linf" and self.linf_step == "box"
                 if self.norm == "l2":
-                    dist_term = 0.5 * (xa - x0).flatten(1).pow(2).sum(1)
+                    dist_term = 0.5 * get_norm("l2").squared_norm(xa - x0)
                 elif box:
                     dist_term = torch.zeros(len(xa), dtype=xa.dtype, device=xa.device)
                 else:
@@ -187,8 +188,8 @@ class LogBarrierAttack(MinimizationAttack):
                     if box:
                         # the linf analogue of the l2 step's (1 - dt) contraction: a barrier step, then the
                         # perturbation is clipped into the box of (1 - dt) times its current linf radius
-                        r = _kd((1 - self.dt) * (xold - x0).flatten(1).abs().amax(dim=1), xold)
-                        xnew = (x0 + torch.maximum(torch.minimum(xold - self.dt * g - x0, r), -r)).clamp(0, 1)
+                        r = (1 - self.dt) * self._dist(xold - x0)
+                        xnew = (x0 + get_norm("linf").project(xold - self.dt * g - x0, r)).clamp(0, 1)
                     else:
                         xnew = (xold - self.dt * g).clamp(0, 1)
                     # backtrack toward the previous (misclassified) iterate while correctly classified
