@@ -8,7 +8,8 @@
   Boundary attack on every image instead of every 10th.
 * Convergence: PGD-l2 at 40 steps (the fmnist profile's) against a deliberately weakened 24 steps, both with
   12 search steps, on 50 images: the weakened budget moves the median by less than 5% (the median-only check
-  passes) but improves 4 of 44 images by more than 5% when doubled, which the tail check catches.
+  passes) but improves 4 of 44 images by more than 5% when doubled, which the tail check catches. And at the
+  grid's config (``AttackConfig.cheap()``): PGD at its 40 steps passes, at 2 steps the check fires.
 
 The images are the fmnist profile's (``sample_images(test, 60, seed=0)``); the tests skip without Fashion-MNIST.
 """
@@ -143,3 +144,19 @@ def test_convergence_check_passes_on_the_honest_budget(committed):
     # measured: median 0.6349 -> 0.6307 (0.66%), 0 of 44 images improved by more than 5%
     check, _ = _convergence(committed, 40)
     assert check.passed, check.message
+
+
+def test_convergence_check_at_the_grid_config_fires_on_two_pgd_steps_and_not_on_forty(committed):
+    # the grid's PGD (AttackConfig.cheap(): growth 2, bisection to a 1% bracket) and its convergence check
+    # (doubled budgets on 50 images, tail 5%), l2 and linf. Measured: 40 steps (the cheap budget) l2 median
+    # 0.6366 -> 0.6335, linf 0.03836 -> 0.03836, 0 of 44 images improved by more than 5% in either norm;
+    # 2 steps l2 2.186 -> 1.308, linf 0.1525 -> 0.0827, 44 of 44 improved in both
+    model, x, y, idx = committed
+    verdicts = {}
+    for steps in (40, 2):
+        cfg = AttackConfig.cheap(attacks=("pgd",), n_images=50, batch_size=50, pgd_steps=steps)
+        res = run_attack_suite(model, x[:50], y[:50], idx[:50], cfg, progress=False)
+        verdicts[steps] = {c.name: c for c in res.checks}["attacks_converged"]
+    assert verdicts[40].passed, verdicts[40].message
+    assert not verdicts[2].passed and "raise the iteration budgets" in verdicts[2].message
+    assert verdicts[2].message.count("44 of 44 images") == 2, verdicts[2].message
