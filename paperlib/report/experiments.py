@@ -366,7 +366,7 @@ def attack_passes_table(suite, cfg=None, model_id: str | None = None,
     runs stored before that lack them, and then they are taken from ``record`` (the attack-budget benchmark's
     JSON) when it measured the same model (``model_id``, e.g. ``'fmnist/undefended'``) with the same attack
     config (``cfg``, an :class:`~paperlib.attacks.suite.AttackConfig`; the image count may differ: passes are
-    per image). Where neither has them the table is empty. Passes do not follow from the result tables, so they
+    per image; a field the record predates must be at its default). Where neither has them the table is empty. Passes do not follow from the result tables, so they
     are never recomputed here."""
     import json
 
@@ -377,10 +377,13 @@ def attack_passes_table(suite, cfg=None, model_id: str | None = None,
     if not rows and cfg is not None and model_id is not None and record is not None and Path(record).exists():
         rec = json.loads(Path(record).read_text())
         mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "n_images"}
+        # a field added after the record was written matches when it is at its default (as the config hash)
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
         for label in ("today", "cheap"):
             theirs = {k: v for k, v in rec.get(label, {}).items() if k != "n_images"}
             measured = rec.get("models", {}).get(f"runs/{model_id}", {}).get(f"jobs_{label}")
-            if measured and all(_same(theirs.get(k), v) for k, v in mine.items()):
+            if measured and all(_same(theirs[k], v) if k in theirs else _same(defaults[k], v)
+                                for k, v in mine.items()):
                 rows = [{"attack": k, "forward per image": v["forward"], "backward per image": v["backward"],
                          "source": f"{Path(record).name} ({label}, {rec.get('n_images')} images)"}
                         for k, v in measured.items()]
