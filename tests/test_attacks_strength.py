@@ -223,6 +223,8 @@ def every_attack():
         "boundary-short-windows-starts": BoundaryAttack(steps=150, init_steps=20, sph_window=10, step_window=10,
                                                         update_stats_every_k=5, init_starts=5, init_bisect_steps=6,
                                                         spherical_step=0.05, source_step=0.05, patience=50),
+        "boundary-low-freq": BoundaryAttack(steps=150, init_steps=20, low_freq=2, sph_window=10, step_window=10,
+                                            update_stats_every_k=5),
         "logbarrier-l2": LogBarrierAttack(norm="l2", max_outer=2, max_inner=20),
         "logbarrier-linf": LogBarrierAttack(norm="linf", max_outer=2, max_inner=20),
         "logbarrier-l2-refine": LogBarrierAttack(norm="l2", max_outer=2, max_inner=20, refine_steps=10),

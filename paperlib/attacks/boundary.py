@@ -48,6 +48,19 @@ Options beyond foolbox 3 (their defaults reproduce it, and the committed runs, e
   starts is far (median start distance 5.33 for one blended draw, 4.26 for the closest of 20, 4.07 for the
   closest over those, blends toward constant images and bisected Gaussian noise), and the walk from there
   dominates.
+* ``low_freq=f`` (1, the default, is foolbox's per-pixel Gaussian): the orthogonal step's Gaussian is drawn on a
+  grid ``f`` times coarser than the image and upsampled bilinearly, so the random search explores smooth
+  directions (low-frequency perturbations: Guo et al. 2019, "Low frequency adversarial perturbation"; Brunner
+  et al. 2019, "Guessing smart"); the draw is shared by the batch and depends on ``(seed, step)`` only, as
+  foolbox's. Measured at the grid's settings (1500 steps, above), 1 thread: on the first 30 images of
+  runs/fmnist/undefended median 1.325 -> 0.870 (``f = 2``; 0.849 with 3, 0.951 with 4, 1.553 with 7; 1,675 ->
+  1,779 forward passes per image), within 2x of the best gradient attack on 17 -> 28 of 29, and 0.840 with
+  5000 steps (the per-pixel walk needs 5000 steps for 0.884; foolbox's 25,000 reach 0.758); on its first 50
+  images (44 clean-correct) 1.430 -> 0.977, within 2x on 24 -> 40, 1,527 -> 1,621 passes; on the first 30
+  of runs/fmnist/fd-l2-lam1-h0.01 (24 clean-correct) 4.623 -> 1.594, within 2x on 4 -> 24 of 24, 484 -> 1,472
+  passes (per pixel, most images stall and are frozen by the patience rule within a few hundred steps).
+  Switching to per-pixel steps after 1000 of the 1500 steps (0.910) or after 1500 of 3000 (0.850) gained
+  nothing; a bisection toward the image every 20-100 steps moved the median by 2-5 % for 7-33 % more passes.
 * ``patience=p`` (per-image early stopping; 0, the default, is off): every ``p`` steps an image whose
   adversarial came closer by less than ``tol`` (relative) over those ``p`` steps is frozen, as a converged
   one; it costs no more passes. The checkpoints are fixed step numbers, the decision the image's own.
@@ -218,6 +231,9 @@ class BoundaryAttack(MinimizationAttack):
             mask of Brunner et al. 2019, "Guessing smart"): pixels the current adversarial already changed
             are explored more, pixels it left alone (e.g. Fashion-MNIST's exact-0 background) less.
         patience: per-image early stopping window in steps (0: off, the default; see the module docstring).
+        low_freq: 1 (default): the orthogonal step's Gaussian is drawn per pixel; ``f > 1``: drawn on a grid ``f``
+            times coarser and upsampled bilinearly (low-frequency directions, Guo et al. 2019, Brunner et al.
+            2019; see the module docstring).
         tol: the relative improvement over ``patience`` steps below which an image is frozen (1e-3).
     """
 
@@ -229,7 +245,8 @@ class BoundaryAttack(MinimizationAttack):
                  source_step_convergence: float = 1e-7, step_adaptation: float = 1.5,
                  update_stats_every_k: int = 10, init_directions: int = 1000, init_steps: int = 50,
                  init_starts: int = 1, init_bisect_steps: int = 12, sph_window: int = 100,
-                 step_window: int = 30, diff_mask: bool = False, patience: int = 0, tol: float = 1e-3) -> None:
+                 step_window: int = 30, diff_mask: bool = False, patience: int = 0, tol: float = 1e-3,
+                 low_freq: int = 1) -> None:
         self.steps = int(check_positive("steps", steps))
         self.spherical_step = float(check_positive("spherical_step", spherical_step))
         self.source_step = float(check_positive("source_step", source_step))
@@ -244,6 +261,7 @@ class BoundaryAttack(MinimizationAttack):
         self.step_window = int(check_positive("step_window", step_window))
         self.diff_mask = bool(diff_mask)
         self.patience = int(check_nonnegative("patience", patience))
+        self.low_freq = int(check_positive("low_freq", low_freq))
         self.tol = float(check_nonnegative("tol", tol))
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
@@ -278,7 +296,10 @@ class BoundaryAttack(MinimizationAttack):
             unnorm = o - p
             src_norm = _L2.norm(unnorm)
             src_dir = _L2.direction(unnorm)
-            eta = _shared_normal(noise.seed, self._salt, step, d, dt, dev).expand(len(active), d)
+            if self.low_freq > 1:
+                eta = self._low_freq_normal(noise.seed, step, x.shape[1:], dt, dev).expand(len(active), d)
+            else:
+                eta = _shared_normal(noise.seed, self._salt, step, d, dt, dev).expand(len(active), d)
             if self.diff_mask:
                 eta = eta * unnorm.abs()
             eta = eta - (eta * src_dir).sum(1, keepdim=True) * src_dir
@@ -326,3 +347,12 @@ class BoundaryAttack(MinimizationAttack):
                 mark[active] = now
                 active = active[~stalled]
         return best.view_as(x), None
+
+    def _low_freq_normal(self, seed: int, step: int, shape, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The step's Gaussian direction drawn on a grid ``low_freq`` times coarser and upsampled (bilinear) to the
+        image, ``[1, D]`` (shared by every image, a function of ``(seed, step)`` only)."""
+        c, h, w = (int(v) for v in shape)
+        hs, ws = max(1, -(-h // self.low_freq)), max(1, -(-w // self.low_freq))
+        z = _shared_normal(seed, self._salt, step, c * hs * ws, torch.float64, torch.device("cpu")).view(1, c, hs, ws)
+        up = torch.nn.functional.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)
+        return up.reshape(1, -1).to(device=device, dtype=dtype)

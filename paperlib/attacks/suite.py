@@ -169,6 +169,8 @@ class AttackConfig:
         boundary_every: the Boundary attack runs on every k-th image of the draw only (positions 0, k, 2k, ...;
             1: every image, the committed runs); the other images get no Boundary row. The gradient-masking
             check compares the images it ran on.
+        boundary_low_freq: the Boundary attack's ``low_freq`` (1: per-pixel Gaussian steps, foolbox 3's and the
+            committed runs'; 2 or 3: low-frequency steps, see :class:`~paperlib.attacks.boundary.BoundaryAttack`).
         logbarrier_stall, logbarrier_outer_patience: LogBarrier's ``stall`` and ``outer_patience`` (with
             ``logbarrier_patience``; defaults 'distance' and 1, the rules the cheap budgets were measured with;
             see :class:`~paperlib.attacks.logbarrier.LogBarrierAttack`).
@@ -226,6 +228,7 @@ class AttackConfig:
     early_stop_tol: float = field(default=1e-3, metadata={OMIT_AT_DEFAULT: True})
     boundary_every: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
     logbarrier_stall: str = field(default="distance", metadata={OMIT_AT_DEFAULT: True})
+    boundary_low_freq: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
     logbarrier_outer_patience: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
@@ -292,11 +295,11 @@ class AttackConfig:
             raise ConfigError(f"logbarrier_init_growth={g!r} must be a number > 1")
         check_choice("logbarrier_stall", self.logbarrier_stall, ("distance", "move"))
         for name in ("pgd_patience", "cw_patience", "logbarrier_patience", "logbarrier_linf_outer",
-                     "logbarrier_linf_inner", "boundary_patience", "boundary_every", "logbarrier_outer_patience"):
+                     "logbarrier_linf_inner", "boundary_patience", "boundary_every", "logbarrier_outer_patience", "boundary_low_freq"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{name}={v!r} must be an integer")
-            (check_positive if name == "boundary_every" else check_nonnegative)(name, v)
+            (check_positive if name in ("boundary_every", "boundary_low_freq") else check_nonnegative)(name, v)
         self._check_reference()
 
     def _check_reference(self) -> None:
@@ -393,7 +396,8 @@ class AttackConfig:
                                   update_stats_every_k=self.boundary_update_every, diff_mask=self.boundary_diff_mask,
                                   spherical_step=float(self.boundary_initial_step),
                                   source_step=float(self.boundary_initial_step),
-                                  patience=self.boundary_patience, tol=self.early_stop_tol)
+                                  patience=self.boundary_patience, tol=self.early_stop_tol,
+                                  low_freq=self.boundary_low_freq)
         if attack == "logbarrier":
             linf = norm == "linf"
             outer = self.logbarrier_linf_outer if linf and self.logbarrier_linf_outer else self.logbarrier_outer
