@@ -51,6 +51,24 @@ def test_fmnist_profile_attack_config_hash_is_the_committed_one():
         assert config_hash(dataclasses.replace(cfg, **change)) != committed["hash"]
 
 
+def test_linf_step_size_and_stopping_fields_keep_the_hash_are_validated_and_reach_logbarrier():
+    from paperlib.reproduce import evaluation_configs
+
+    cfg = evaluation_configs("fmnist")["attack"]
+    assert attack_run_name(cfg) == "attack-84037464"
+    for change in (dict(logbarrier_linf_dt=0.05), dict(logbarrier_stall="move"), dict(logbarrier_outer_patience=0)):
+        assert attack_run_name(dataclasses.replace(cfg, **change)) != "attack-84037464"
+    for bad in (dict(logbarrier_linf_dt=1.0), dict(logbarrier_linf_dt=-0.1), dict(logbarrier_linf_dt=True),
+                dict(logbarrier_stall="x"), dict(logbarrier_outer_patience=-1), dict(logbarrier_outer_patience=1.0)):
+        with pytest.raises(ConfigError):
+            AttackConfig(**bad)
+    new = AttackConfig(logbarrier_linf_dt=0.05, logbarrier_stall="move", logbarrier_outer_patience=0)
+    lb2, lbinf = new.build("logbarrier", "l2"), new.build("logbarrier", "linf")
+    assert (lb2.dt, lbinf.dt, lb2.stall, lb2.outer_patience) == (0.01, 0.05, "move", 0)
+    d = AttackConfig().build("logbarrier", "linf")
+    assert (d.dt, d.stall, d.outer_patience) == (0.01, "distance", 1)
+
+
 def test_new_attack_config_fields_are_validated_and_reach_the_attacks():
     for bad in (dict(pgd_loss="hinge"), dict(cw_squeeze=0.5), dict(cw_squeeze=0.0), dict(cw_squeeze=True),
                 dict(logbarrier_linf_step="prox"), dict(logbarrier_refine_steps=-1),

@@ -30,6 +30,15 @@ Two options, not in the paper (defaults off, which reproduce the committed runs)
   ``(1 - dt)`` times its current linf radius (backtracking as before). Measured: at most 0.8 % above the exact
   linf distance on the same linear models; on 12 images of runs/fmnist/undefended (10 x 60 steps) median linf
   0.125 times the smooth step's, 1.008 times PGD-linf's, closer than PGD-linf on 5 of 12.
+  Measured again at the grid's budgets (first 30 images of runs/fmnist/undefended, 29 clean-correct, 1 thread,
+  refine 10, init_growth 1.1, outer rule off; against the grid's PGD-linf, 686 passes per image, median
+  10.25/255): the grid's token smooth budget (2 x 10) ends at median 159/255 and is closer than PGD on none;
+  the box step at 8 x 60 without early stopping has a median per-image ratio to PGD of 1.012 and is closer on
+  5 of 29 (3,720 passes per image); with ``dt = 0.05`` (``AttackConfig.logbarrier_linf_dt``; the radius
+  shrinks 5x faster) at 4 x 30 with patience 5: ratio 1.077, closer on 4 of 29, 934 passes; at 8 x 60 with
+  patience 5: 1.050, 3 of 29, 1,178 passes. So linf LogBarrier is never the best today because of its smooth
+  step and its token budget, not because the barrier method cannot win: with the box step it wins on about a
+  seventh of these images.
 * ``refine_steps=k``: after the barrier loops, ``k`` bisections on the segment from the image to its best
   adversarial (the closest misclassified point found; never worse). The barrier keeps the iterate a margin of
   about ``alpha / distance`` inside the adversarial region: measured on a 10-class linear model (8 images),

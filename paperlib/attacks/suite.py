@@ -171,6 +171,9 @@ class AttackConfig:
             check compares the images it ran on.
         boundary_low_freq: the Boundary attack's ``low_freq`` (1: per-pixel Gaussian steps, foolbox 3's and the
             committed runs'; 2 or 3: low-frequency steps, see :class:`~paperlib.attacks.boundary.BoundaryAttack`).
+        logbarrier_linf_dt: LogBarrier's step size ``dt`` in linf when it differs from l2's (0: the same, 0.01,
+            the committed runs; the box step's radius shrinks by ``1 - dt`` per step, see
+            :class:`~paperlib.attacks.logbarrier.LogBarrierAttack`).
         logbarrier_stall, logbarrier_outer_patience: LogBarrier's ``stall`` and ``outer_patience`` (with
             ``logbarrier_patience``; defaults 'distance' and 1, the rules the cheap budgets were measured with;
             see :class:`~paperlib.attacks.logbarrier.LogBarrierAttack`).
@@ -229,6 +232,7 @@ class AttackConfig:
     boundary_every: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
     logbarrier_stall: str = field(default="distance", metadata={OMIT_AT_DEFAULT: True})
     boundary_low_freq: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
+    logbarrier_linf_dt: float = field(default=0.0, metadata={OMIT_AT_DEFAULT: True})
     logbarrier_outer_patience: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
@@ -290,6 +294,9 @@ class AttackConfig:
         g = self.pgd_growth
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 1:
             raise ConfigError(f"pgd_growth={g!r} must be a number > 1")
+        v = self.logbarrier_linf_dt
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ConfigError(f"logbarrier_linf_dt={v!r} must be a number in [0, 1) (0: the l2 step size)")
         g = self.logbarrier_init_growth
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 1:
             raise ConfigError(f"logbarrier_init_growth={g!r} must be a number > 1")
@@ -402,7 +409,8 @@ class AttackConfig:
             linf = norm == "linf"
             outer = self.logbarrier_linf_outer if linf and self.logbarrier_linf_outer else self.logbarrier_outer
             inner = self.logbarrier_linf_inner if linf and self.logbarrier_linf_inner else self.logbarrier_inner
-            return LogBarrierAttack(norm=norm, max_outer=outer, max_inner=inner,
+            dt = {"dt": float(self.logbarrier_linf_dt)} if linf and self.logbarrier_linf_dt else {}
+            return LogBarrierAttack(norm=norm, max_outer=outer, max_inner=inner, **dt,
                                     linf_step=self.logbarrier_linf_step, refine_steps=self.logbarrier_refine_steps,
                                     patience=self.logbarrier_patience, tol_stop=self.early_stop_tol,
                                     init_growth=float(self.logbarrier_init_growth), stall=self.logbarrier_stall,
