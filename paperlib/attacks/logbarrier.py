@@ -42,8 +42,9 @@ Two options, not in the paper (defaults off, which reproduce the committed runs)
   box step, all 60 images of the draw, 50 clean-correct) it gave the closest linf adversarial on 7 of 50 (PGD-linf
   on the other 43), the suite's median best linf stayed 9.094/255 and its passes rose from 3,075 to 3,856 per
   image; but 2 of the 50 box adversarials failed the suite's final re-classification (96 % success, so
-  ``minimal_attacks_succeed`` fails): the box step and the bisection leave the iterate on the decision boundary,
-  where a batch of another size flips the float32 decision. Not recommended without a margin.
+  ``minimal_attacks_succeed`` fails). The cause is not established; a likely one is that the box step and the
+  bisection leave the iterate on the decision boundary, where the final pass in a batch of another size can flip
+  the float32 decision. Not recommended until that is checked.
 * ``refine_steps=k``: after the barrier loops, ``k`` bisections on the segment from the image to its best
   adversarial (the closest misclassified point found; never worse). The barrier keeps the iterate a margin of
   about ``alpha / distance`` inside the adversarial region: measured on a 10-class linear model (8 images),
