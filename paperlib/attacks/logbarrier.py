@@ -42,9 +42,10 @@ Two options, not in the paper (defaults off, which reproduce the committed runs)
   box step, all 60 images of the draw, 50 clean-correct) it gave the closest linf adversarial on 7 of 50 (PGD-linf
   on the other 43), the suite's median best linf stayed 9.094/255 and its passes rose from 3,075 to 3,856 per
   image; but 2 of the 50 box adversarials failed the suite's final re-classification (96 % success, so
-  ``minimal_attacks_succeed`` fails). The cause is not established; a likely one is that the box step and the
-  bisection leave the iterate on the decision boundary, where the final pass in a batch of another size can flip
-  the float32 decision. Not recommended until that is checked.
+  ``minimal_attacks_succeed`` fails). Both sit on the decision boundary to float32 rounding: their top two
+  logits differ by 4.8e-7, and the final pass (alone or in the batch of 60) puts the true class first, where
+  the attack's own pass over a sub-batch of the images still active had not. Not recommended without a margin
+  (e.g. accepting an iterate only when the top-two logit gap exceeds a small threshold).
 * ``refine_steps=k``: after the barrier loops, ``k`` bisections on the segment from the image to its best
   adversarial (the closest misclassified point found; never worse). The barrier keeps the iterate a margin of
   about ``alpha / distance`` inside the adversarial region: measured on a 10-class linear model (8 images),
