@@ -14,7 +14,9 @@ Tolerances (float64 models, so rounding plays no part):
   about alpha / distance inside the adversarial region (measured 3-11 % excess at distances 0.1-0.25). There
   every adversarial must be real, never closer than the exact minimum, and within 25 % (the default, which the
   committed runs used). With ``refine_steps=20`` (bisection on the segment image -> adversarial) it is within
-  2 %: tests/test_attacks_strength.py, as is linf with ``linf_step='box'``.
+  2 %: tests/test_attacks_strength.py, as is linf with ``linf_step='box'``. The grid's LogBarrier
+  (``AttackConfig.cheap()``, refinement on) with its outer leave rule off is within 2 % on seeds 0, 2 and 4;
+  on seeds 1 and 3 some images converge to a facet that is not the nearest (a local minimum), tested as such.
 * Boundary: within 5 % after 5000 steps: a decision-based random search that only ever accepts closer points converges
   slowly (foolbox runs 25000 steps; measured: 13 % worst excess after 3000 steps, 0.4 % after 5000). Its starting point is uniform noise,
   so its problem puts the boundary through the centre of the cube (uniform noise falls on both sides).
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from paperlib.attacks import BoundaryAttack, CarliniWagnerL2, LogBarrierAttack, MinimalPGD
+from paperlib.attacks.suite import AttackConfig
 from tests.helpers import linear_problem
 
 
@@ -68,6 +71,40 @@ def test_logbarrier_l2_multiclass_is_valid_and_near_exact():
     ratio = res.dist_l2 / exact_l2
     assert float(ratio.min()) >= 1 - 1e-9
     assert float(ratio.max()) <= 1.25
+
+
+@pytest.mark.parametrize("seed", [0, 2, 4])
+def test_logbarrier_l2_multiclass_within_2pct_at_the_grid_config(seed):
+    # LogBarrier as the paper-scale grid runs it (AttackConfig.cheap(): 8 x 60 steps, per-image early stopping,
+    # 10 refining bisections) with the outer leave rule off (logbarrier_outer_patience=0). Measured worst excess
+    # on 8 images: 0.7 %, 0.4 %, 1.5 % (seeds 0, 2, 4); with the outer rule on (today's cheap config) seed 4
+    # ends 6.45x above (an image left the attack at its start). Seeds 1 and 3 are not here: the iterate converges
+    # to a facet that is not the nearest (a local minimum; see the module docstring of
+    # paperlib.attacks.logbarrier and the test below).
+    model, x, y, exact_l2, _ = linear_problem(10, n=8, seed=seed)
+    res = AttackConfig.cheap(logbarrier_outer_patience=0).build("logbarrier", "l2")(model, x, y, seed=0)
+    assert_close_to_exact(res.dist_l2, exact_l2, 0.02)
+
+
+def test_logbarrier_l2_multiclass_local_minimum_is_a_real_facet():
+    # seed 1: two of 8 images end 1.60x and 1.29x above the exact distance (the authors' 15 x 500 budget with
+    # 20 bisections: 1.59x and 1.28x). The adversarial is real, never closer than the exact minimum, and lies on
+    # the boundary of another class than the nearest one: the attack's limit, not a bookkeeping error.
+    model, x, y, exact_l2, _ = linear_problem(10, n=8, seed=1)
+    res = AttackConfig.cheap(logbarrier_outer_patience=0).build("logbarrier", "l2")(model, x, y, seed=0)
+    assert bool(res.success.all())
+    ratio = res.dist_l2 / exact_l2
+    assert float(ratio.min()) >= 1 - 1e-9
+    far = ratio > 1.02
+    assert 1 <= int(far.sum()) <= 2, ratio
+    # the facet it reached: the distance to the hyperplane of the class it ends in equals the distance found
+    W, b = model[1].weight, model[1].bias
+    with torch.no_grad():
+        z = model(x)
+        j = model(res.adversarials).argmax(1)
+    rows = torch.arange(len(x))
+    facet = (z[rows, y] - z[rows, j]) / (W[y] - W[j]).norm(dim=1)
+    assert torch.allclose(res.dist_l2[far], facet[far], rtol=0.02)
 
 
 def test_logbarrier_linf_is_valid_on_linear_model():

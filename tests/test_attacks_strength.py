@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from paperlib.attacks import (
+    PGD,
     BoundaryAttack,
     CarliniWagnerL2,
     LogBarrierAttack,
@@ -48,6 +49,24 @@ def test_fmnist_profile_attack_config_hash_is_the_committed_one():
     for change in (dict(pgd_loss="margin+ce"), dict(cw_squeeze=0.1), dict(logbarrier_linf_step="box"),
                    dict(logbarrier_refine_steps=20)):
         assert config_hash(dataclasses.replace(cfg, **change)) != committed["hash"]
+
+
+def test_linf_step_size_and_stopping_fields_keep_the_hash_are_validated_and_reach_logbarrier():
+    from paperlib.reproduce import evaluation_configs
+
+    cfg = evaluation_configs("fmnist")["attack"]
+    assert attack_run_name(cfg) == "attack-84037464"
+    for change in (dict(logbarrier_linf_dt=0.05), dict(logbarrier_stall="move"), dict(logbarrier_outer_patience=0)):
+        assert attack_run_name(dataclasses.replace(cfg, **change)) != "attack-84037464"
+    for bad in (dict(logbarrier_linf_dt=1.0), dict(logbarrier_linf_dt=-0.1), dict(logbarrier_linf_dt=True),
+                dict(logbarrier_stall="x"), dict(logbarrier_outer_patience=-1), dict(logbarrier_outer_patience=1.0)):
+        with pytest.raises(ConfigError):
+            AttackConfig(**bad)
+    new = AttackConfig(logbarrier_linf_dt=0.05, logbarrier_stall="move", logbarrier_outer_patience=0)
+    lb2, lbinf = new.build("logbarrier", "l2"), new.build("logbarrier", "linf")
+    assert (lb2.dt, lbinf.dt, lb2.stall, lb2.outer_patience) == (0.01, 0.05, "move", 0)
+    d = AttackConfig().build("logbarrier", "linf")
+    assert (d.dt, d.stall, d.outer_patience) == (0.01, "distance", 1)
 
 
 def test_new_attack_config_fields_are_validated_and_reach_the_attacks():
@@ -212,11 +231,18 @@ def every_attack():
     return {
         "pgd-l2": MinimalPGD(norm="l2", steps=8, search_steps=6),
         "pgd-linf": MinimalPGD(norm="linf", steps=8, search_steps=6),
+        "pgd-l2-ce": MinimalPGD(norm="l2", steps=8, search_steps=6, loss="ce"),
+        "pgd-linf-ce": MinimalPGD(norm="linf", steps=8, search_steps=6, loss="ce"),
         "pgd-l2-margin+ce": MinimalPGD(norm="l2", steps=8, search_steps=6, loss="margin+ce"),
         "pgd-linf-margin+ce": MinimalPGD(norm="linf", steps=8, search_steps=6, loss="margin+ce"),
         "cw": CarliniWagnerL2(steps=30, binary_search_steps=3),
         "cw-squeeze": CarliniWagnerL2(steps=30, binary_search_steps=3, squeeze=0.1),
         "boundary": BoundaryAttack(steps=150, init_steps=20),
+        "boundary-short-windows-starts": BoundaryAttack(steps=150, init_steps=20, sph_window=10, step_window=10,
+                                                        update_stats_every_k=5, init_starts=5, init_bisect_steps=6,
+                                                        spherical_step=0.05, source_step=0.05, patience=50),
+        "boundary-low-freq": BoundaryAttack(steps=150, init_steps=20, low_freq=2, sph_window=10, step_window=10,
+                                            update_stats_every_k=5),
         "logbarrier-l2": LogBarrierAttack(norm="l2", max_outer=2, max_inner=20),
         "logbarrier-linf": LogBarrierAttack(norm="linf", max_outer=2, max_inner=20),
         "logbarrier-l2-refine": LogBarrierAttack(norm="l2", max_outer=2, max_inner=20, refine_steps=10),
@@ -258,6 +284,45 @@ def test_image_alone_gives_bitwise_the_same_result_as_in_a_batch(name):
         assert bool(alone.success[0]) == bool(batch.success[i])
         assert float(alone.dist_l2[0]) == float(batch.dist_l2[i])
     # and the attack breaks something (not a vacuous equality of untouched images)
+    assert bool(batch.success.any())
+
+
+def _rowwise_batch():
+    model = _RowwiseModel()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y, torch.tensor([3, 1, 4, 1_000_003])
+
+
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_fixed_eps_pgd_alone_is_bitwise_the_same_as_in_a_batch(norm, loss):
+    model, x, y, keys = _rowwise_batch()
+    atk = PGD(norm=norm, steps=10, loss=loss)
+    eps = torch.tensor([0.5, 0.8, 1.2, 2.0] if norm == "l2" else [0.05, 0.1, 0.2, 0.3], dtype=torch.float64)
+    batch = atk(model, x, y, eps=eps, seed=5, keys=keys)
+    for i in range(len(x)):
+        alone = atk(model, x[i:i + 1], y[i:i + 1], eps=eps[i:i + 1], seed=5, keys=keys[i:i + 1])
+        assert torch.equal(alone.adversarials[0], batch.adversarials[i]), (norm, loss, i)
+        assert bool(alone.success[0]) == bool(batch.success[i])
+    assert bool(batch.success.any()) and not bool(batch.success.all())  # the radii straddle the distances
+
+
+@pytest.mark.parametrize("job", AttackConfig.cheap().jobs())
+def test_every_job_of_the_grid_config_is_batch_invariant(job):
+    """The attacks exactly as the paper-scale grid builds them (:meth:`AttackConfig.cheap`, every option and
+    early stopping on), budgets cut for speed: an image alone equals the same image in a batch, bitwise."""
+    model, x, y, keys = _rowwise_batch()
+    cut = dict(pgd_steps=8, pgd_search_steps=6, cw_steps=30, boundary_steps=150, boundary_patience=50,
+               logbarrier_outer=2, logbarrier_inner=20, logbarrier_linf_outer=2, logbarrier_linf_inner=10)
+    atk = AttackConfig.cheap(**cut).build(*job)
+    batch = atk(model, x, y, seed=5, keys=keys)
+    for i in range(len(x)):
+        alone = atk(model, x[i:i + 1], y[i:i + 1], seed=5, keys=keys[i:i + 1])
+        assert torch.equal(alone.adversarials[0], batch.adversarials[i]), (job, i)
+        assert float(alone.dist_l2[0]) == float(batch.dist_l2[i])
     assert bool(batch.success.any())
 
 

@@ -191,3 +191,58 @@ def test_cli_attack_runs_loads_and_rejects_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("paperlib: error:") and "l3" in err[0]
     assert main(["attack", str(tmp_path / "nope")]) == 2
+
+
+def _wins_tables():
+    """Three images: image 0 PGD and LogBarrier tie in l2, image 1 clean-misclassified, image 2 only CW broke."""
+    rows = [
+        (0, 1, "pgd", "l2", True, 0.5, 0.1), (0, 1, "logbarrier", "l2", True, 0.5, 0.2), (0, 1, "cw", "l2", True, 0.504, 0.05),
+        (1, 2, "pgd", "l2", True, 0.0, 0.0), (1, 2, "logbarrier", "l2", True, 0.0, 0.0), (1, 2, "cw", "l2", True, 0.0, 0.0),
+        (2, 3, "pgd", "l2", False, math.inf, math.inf), (2, 3, "logbarrier", "l2", False, math.inf, math.inf),
+        (2, 3, "cw", "l2", True, 0.9, 0.3),
+    ]
+    from paperlib.metrics import best_distances
+
+    attacks = pd.DataFrame(rows, columns=ATTACK_COLUMNS)
+    return attacks, best_distances(attacks, ("l2", "linf"))
+
+
+def test_summary_and_report_count_wins_ties_to_each_tied_attack():
+    from paperlib.attacks.suite import summarize
+    from paperlib.attacks.suite import SuiteResult
+    from paperlib.report.experiments import attack_wins_table
+
+    attacks, best = _wins_tables()
+    wins = summarize(attacks, best)["wins_l2"]
+    assert wins["n_broken"] == 2  # the clean-misclassified image is left out
+    assert (wins["pgd-l2"]["tied_best"], wins["logbarrier-l2"]["tied_best"], wins["cw-l2"]["tied_best"]) == (1, 1, 1)
+    assert wins["pgd-l2"]["best"] + wins["logbarrier-l2"]["best"] == 1  # best.csv names one of the tied pair
+    assert wins["cw-l2"]["within_1pct"] == 2  # 0.504 <= 1.01 * 0.5, and its own image
+    table = attack_wins_table(SuiteResult(attacks=attacks, best=best, checks=[]))
+    assert table.loc[("l2", "pgd-l2"), "best (%)"] == 50.0 and table.loc[("l2", "cw-l2"), "within 1% (%)"] == 100.0
+    # in linf the l2 attacks' adversarials count: CW is closest on both broken images
+    assert table.loc[("linf", "cw-l2"), "best (%)"] == 100.0 and table.loc[("linf", "pgd-l2"), "best (%)"] == 0.0
+
+
+def test_passes_table_reads_the_summary_or_a_matching_benchmark_record(tmp_path):
+    import json
+
+    from paperlib.attacks.suite import SuiteResult
+    from paperlib.report.experiments import attack_passes_table
+
+    attacks, best = _wins_tables()
+    counted = SuiteResult(attacks, best, [], summary={"jobs": {"pgd-l2": {
+        "forward_passes_per_image": 10.0, "backward_passes_per_image": 4.0}}})
+    t = attack_passes_table(counted)
+    assert t.loc["pgd-l2", "passes per image"] == 14.0 and t.loc["pgd-l2", "source"] == "this run's summary"
+    cfg = AttackConfig(n_images=60)
+    record = tmp_path / "rec.json"
+    stored = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(AttackConfig(n_images=100)).items()
+              if k != "logbarrier_stall"}  # a record predating a field at its default still matches
+    record.write_text(json.dumps({"n_images": 100, "today": stored, "models": {"runs/fmnist/m": {"jobs_today": {
+        "cw-l2": {"forward": 3.0, "backward": 2.0}}}}}))
+    uncounted = SuiteResult(attacks, best, [], summary={})
+    t = attack_passes_table(uncounted, cfg, "fmnist/m", record)
+    assert t.loc["cw-l2", "passes per image"] == 5.0 and "100 images" in t.loc["cw-l2", "source"]
+    assert attack_passes_table(uncounted, AttackConfig(pgd_steps=7), "fmnist/m", record).empty
+    assert attack_passes_table(uncounted, cfg, "fmnist/other", record).empty

@@ -66,7 +66,7 @@ from paperlib.config import (
     normalize_norm,
 )
 from paperlib.evaluation import CHEAP_ATTACK_BUDGETS
-from paperlib.metrics import BEST_COLUMNS, best_distances, empirical_error, error_curve
+from paperlib.metrics import BEST_COLUMNS, TIE_RTOL, best_distances, empirical_error, error_curve
 from paperlib.models import model_classes
 from paperlib.stages import Stage, register_stage, run_or_load
 
@@ -169,6 +169,14 @@ class AttackConfig:
         boundary_every: the Boundary attack runs on every k-th image of the draw only (positions 0, k, 2k, ...;
             1: every image, the committed runs); the other images get no Boundary row. The gradient-masking
             check compares the images it ran on.
+        boundary_low_freq: the Boundary attack's ``low_freq`` (1: per-pixel Gaussian steps, foolbox 3's and the
+            committed runs'; 2 or 3: low-frequency steps, see :class:`~paperlib.attacks.boundary.BoundaryAttack`).
+        logbarrier_linf_dt: LogBarrier's step size ``dt`` in linf when it differs from l2's (0: the same, 0.01,
+            the committed runs; the box step's radius shrinks by ``1 - dt`` per step, see
+            :class:`~paperlib.attacks.logbarrier.LogBarrierAttack`).
+        logbarrier_stall, logbarrier_outer_patience: LogBarrier's ``stall`` and ``outer_patience`` (with
+            ``logbarrier_patience``; defaults 'distance' and 1, the rules the cheap budgets were measured with;
+            see :class:`~paperlib.attacks.logbarrier.LogBarrierAttack`).
 
     :meth:`~paperlib.attacks.suite.AttackConfig.cheap` is the recommended configuration for the grid evaluation
     (:data:`~paperlib.attacks.suite.CHEAP_BUDGETS`).
@@ -222,6 +230,10 @@ class AttackConfig:
     boundary_patience: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
     early_stop_tol: float = field(default=1e-3, metadata={OMIT_AT_DEFAULT: True})
     boundary_every: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
+    logbarrier_stall: str = field(default="distance", metadata={OMIT_AT_DEFAULT: True})
+    boundary_low_freq: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
+    logbarrier_linf_dt: float = field(default=0.0, metadata={OMIT_AT_DEFAULT: True})
+    logbarrier_outer_patience: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         attacks = tuple(self.attacks) if not isinstance(self.attacks, str) else (self.attacks,)
@@ -282,15 +294,19 @@ class AttackConfig:
         g = self.pgd_growth
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 1:
             raise ConfigError(f"pgd_growth={g!r} must be a number > 1")
+        v = self.logbarrier_linf_dt
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ConfigError(f"logbarrier_linf_dt={v!r} must be a number in [0, 1) (0: the l2 step size)")
         g = self.logbarrier_init_growth
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 1:
             raise ConfigError(f"logbarrier_init_growth={g!r} must be a number > 1")
+        check_choice("logbarrier_stall", self.logbarrier_stall, ("distance", "move"))
         for name in ("pgd_patience", "cw_patience", "logbarrier_patience", "logbarrier_linf_outer",
-                     "logbarrier_linf_inner", "boundary_patience", "boundary_every"):
+                     "logbarrier_linf_inner", "boundary_patience", "boundary_every", "logbarrier_outer_patience", "boundary_low_freq"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{name}={v!r} must be an integer")
-            (check_positive if name == "boundary_every" else check_nonnegative)(name, v)
+            (check_positive if name in ("boundary_every", "boundary_low_freq") else check_nonnegative)(name, v)
         self._check_reference()
 
     def _check_reference(self) -> None:
@@ -387,15 +403,18 @@ class AttackConfig:
                                   update_stats_every_k=self.boundary_update_every, diff_mask=self.boundary_diff_mask,
                                   spherical_step=float(self.boundary_initial_step),
                                   source_step=float(self.boundary_initial_step),
-                                  patience=self.boundary_patience, tol=self.early_stop_tol)
+                                  patience=self.boundary_patience, tol=self.early_stop_tol,
+                                  low_freq=self.boundary_low_freq)
         if attack == "logbarrier":
             linf = norm == "linf"
             outer = self.logbarrier_linf_outer if linf and self.logbarrier_linf_outer else self.logbarrier_outer
             inner = self.logbarrier_linf_inner if linf and self.logbarrier_linf_inner else self.logbarrier_inner
-            return LogBarrierAttack(norm=norm, max_outer=outer, max_inner=inner,
+            dt = {"dt": float(self.logbarrier_linf_dt)} if linf and self.logbarrier_linf_dt else {}
+            return LogBarrierAttack(norm=norm, max_outer=outer, max_inner=inner, **dt,
                                     linf_step=self.logbarrier_linf_step, refine_steps=self.logbarrier_refine_steps,
                                     patience=self.logbarrier_patience, tol_stop=self.early_stop_tol,
-                                    init_growth=float(self.logbarrier_init_growth))
+                                    init_growth=float(self.logbarrier_init_growth), stall=self.logbarrier_stall,
+                                    outer_patience=self.logbarrier_outer_patience)
         raise ConfigError(f"attack={attack!r} is not allowed; choose one of {', '.join(ATTACKS)}")
 
 
@@ -549,7 +568,9 @@ def summarize(attacks: pd.DataFrame, best: pd.DataFrame, seconds: Optional[dict]
     model forward and backward passes per image; per norm: median and mean best distance, and ``wins``:
     per job, on how many of the images some attack broke (clean-misclassified excluded) it gave the best
     adversarial (``best``: the job ``best.csv`` names, ties going to the earlier job in the suite's order;
-    ``within_1pct``: its own distance is at most 1.01 times the best); the clean error (%)."""
+    ``tied_best``: its own distance equals the best up to :data:`~paperlib.metrics.TIE_RTOL`, so a tie counts
+    for each tied job; ``within_1pct``: its own distance is at most 1.01 times the best); the clean error (%).
+    Every entry is computed from the two tables, so a stored run's tables give it back."""
     out: dict[str, Any] = {"n_images": int(attacks["image"].nunique()) if len(attacks) else 0, "jobs": {}}
     if len(attacks) == 0:
         return out
@@ -580,12 +601,14 @@ def summarize(attacks: pd.DataFrame, best: pd.DataFrame, seconds: Optional[dict]
         per_job = pd.DataFrame({"image": attacks["image"].values, "job": names.values, "d": dist.values})
         per_job = per_job[per_job["image"].isin(set(broken["image"]))]
         best_of = broken.set_index("image")["best"]
-        close = per_job["d"].values <= 1.01 * best_of.reindex(per_job["image"].values).values
-        within = per_job[close].groupby("job")["image"].nunique()
+        ref = best_of.reindex(per_job["image"].values).values
+        within = per_job[per_job["d"].values <= 1.01 * ref].groupby("job")["image"].nunique()
+        tied = per_job[per_job["d"].values <= (1 + TIE_RTOL) * ref].groupby("job")["image"].nunique()
         chosen = broken["best_attack"].value_counts()
         out[f"wins_{n}"] = {
             "n_broken": int(len(broken)),
-            **{job: {"best": int(chosen.get(job, 0)), "within_1pct": int(within.get(job, 0))}
+            **{job: {"best": int(chosen.get(job, 0)), "tied_best": int(tied.get(job, 0)),
+                     "within_1pct": int(within.get(job, 0))}
                for job in dict.fromkeys(names)},
         }
     return out

@@ -11,7 +11,8 @@ results from ``runs/<profile>/`` instead of recomputing them; any other paramete
   :func:`evaluation_configs`, :func:`evaluation_images`;
 * the model and its stages, run or loaded: :func:`prepare` (-> :class:`Experiment`), :func:`run_attacks`,
   :func:`finished_attacks`, :func:`run_bound_stage`, :func:`run_certify_stage`;
-* tables: :func:`config_table`, :func:`attack_table`, :func:`checks_table`, :func:`bounds_table`,
+* tables: :func:`config_table`, :func:`attack_table`, :func:`attack_wins_table`,
+  :func:`attack_passes_table`, :func:`checks_table`, :func:`bounds_table`,
   :func:`bound_attack_pairs`, :func:`smoothing_table`;
 * curves and figures: :func:`~paperlib.metrics.error_curves` (the metric, re-exported here),
   :func:`certified_error_curve`, :func:`bound_error_curves`, :func:`plot_training_log`,
@@ -56,6 +57,9 @@ __all__ = [
     "run_id",
     "config_table",
     "attack_table",
+    "attack_wins_table",
+    "attack_passes_table",
+    "ATTACK_BUDGET_RECORD",
     "checks_table",
     "bounds_table",
     "certified_error_curve",
@@ -325,6 +329,77 @@ def attack_table(suite) -> pd.DataFrame:
     rows = [{"attack": k, "success (%)": v["success_pct"], "median l2": v["median_l2"],
              "median linf": v["median_linf"]} for k, v in jobs.items()]
     return pd.DataFrame(rows).set_index("attack")
+
+
+def attack_wins_table(suite) -> pd.DataFrame:
+    """Per norm and attack job, how often the job gave the best adversarial (the paper's claim that the other
+    attacks win "on a significant portion of inputs"), as % of the images some attack broke (clean-misclassified
+    ones left out): ``best (%)`` counts a tie for each tied job (equal distances up to
+    :data:`~paperlib.metrics.TIE_RTOL`), so a column may sum above 100; ``within 1% (%)``: the job's own
+    adversarial is at most 1.01 times the best. Computed from ``attacks.csv`` and ``best.csv``
+    (:func:`~paperlib.attacks.suite.summarize`), so runs stored before the summary counted wins show them too.
+    An l2 attack's adversarial also counts in linf."""
+    summary = summarize(suite.attacks, suite.best)
+    rows = []
+    for key in sorted(k for k in summary if k.startswith("wins_")):
+        wins = summary[key]
+        n = wins["n_broken"]
+        for job, w in wins.items():
+            if job == "n_broken":
+                continue
+            rows.append({"norm": key[len("wins_"):], "attack": job, "broken images": n,
+                         "best (%)": 100.0 * w["tied_best"] / n if n else math.nan,
+                         "within 1% (%)": 100.0 * w["within_1pct"] / n if n else math.nan})
+    return pd.DataFrame(rows).set_index(["norm", "attack"])
+
+
+#: The record of ``benchmarks/bench_attack_budget.py`` (model passes per image per attack job, measured).
+ATTACK_BUDGET_RECORD = Path(__file__).resolve().parents[2] / "benchmarks" / "records" / "attack_budget.json"
+
+
+def attack_passes_table(suite, cfg=None, model_id: str | None = None,
+                        record: str | Path | None = ATTACK_BUDGET_RECORD) -> pd.DataFrame:
+    """Model forward and backward passes per image (averaged over all attacked images) per attack job, and their
+    sum, with where the numbers come from (``source``).
+
+    The suite's summary has them when the run counted passes (:class:`~paperlib.attacks.suite.PassCounter`);
+    runs stored before that lack them, and then they are taken from ``record`` (the attack-budget benchmark's
+    JSON) when it measured the same model (``model_id``, e.g. ``'fmnist/undefended'``) with the same attack
+    config (``cfg``, an :class:`~paperlib.attacks.suite.AttackConfig`; the image count may differ: passes are
+    per image; a field the record predates must be at its default). Where neither has them the table is empty. Passes do not follow from the result tables, so they
+    are never recomputed here."""
+    import json
+
+    jobs = (suite.summary or {}).get("jobs", {})
+    rows = [{"attack": k, "forward per image": v["forward_passes_per_image"],
+             "backward per image": v["backward_passes_per_image"], "source": "this run's summary"}
+            for k, v in jobs.items() if "forward_passes_per_image" in v]
+    if not rows and cfg is not None and model_id is not None and record is not None and Path(record).exists():
+        rec = json.loads(Path(record).read_text())
+        mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "n_images"}
+        # a field added after the record was written matches when it is at its default (as the config hash)
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+        for label in ("today", "cheap"):
+            theirs = {k: v for k, v in rec.get(label, {}).items() if k != "n_images"}
+            measured = rec.get("models", {}).get(f"runs/{model_id}", {}).get(f"jobs_{label}")
+            if measured and all(_same(theirs[k], v) if k in theirs else _same(defaults[k], v)
+                                for k, v in mine.items()):
+                rows = [{"attack": k, "forward per image": v["forward"], "backward per image": v["backward"],
+                         "source": f"{Path(record).name} ({label}, {rec.get('n_images')} images)"}
+                        for k, v in measured.items()]
+                break
+    if not rows:
+        return pd.DataFrame(columns=["forward per image", "backward per image", "passes per image", "source"],
+                            index=pd.Index([], name="attack"))
+    out = pd.DataFrame(rows).set_index("attack")
+    out.insert(2, "passes per image", out["forward per image"] + out["backward per image"])
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Config values equal after a JSON round trip (tuples as lists)."""
+    norm = (lambda v: list(v) if isinstance(v, tuple) else v)
+    return norm(a) == norm(b)
 
 
 def checks_table(checks: Sequence) -> pd.DataFrame:
