@@ -36,7 +36,7 @@ from paperlib.report.results import (
 )
 
 __all__ = ["BookTable", "BookTables", "Markdown", "table_parts", "show_table", "provenance", "short_header", "source_note",
-           "comparisons_table"]
+           "comparisons_table", "verdict_context"]
 
 _DASH = "\u2013"
 _INTERVAL = re.compile(r"^(?P<value>\S+) (?P<interval>\[[^\]]*\])$")
@@ -300,3 +300,25 @@ def comparisons_table(comparisons: pd.DataFrame) -> BookTable:
     df = pd.DataFrame(rows).set_index("claim") if rows else pd.DataFrame()
     return BookTable(df, "Every comparison behind the verdicts",
                      wrap=("comparison", "models", "difference [95% interval]"))
+
+
+def verdict_context(grid: dict[str, ModelResults]) -> Markdown:
+    """What the verdict page's reader must keep in mind, computed from the grid: the dataset, model, epochs and
+    attacked images behind the verdicts, and the resolution that many images give a % error (its step and its
+    binomial standard error at 50%)."""
+    names = grid_names(grid)
+    epochs = _choices([m.config.epochs for m in grid.values() if m.config is not None])
+    n = int(names["n_images"])
+    if n:
+        noise = (f"With {n} attacked images a % error moves in steps of {100 / n:.2g} points, and its binomial "
+                 f"standard error at 50% is {50 / math.sqrt(n):.2g} points: a difference between two models smaller "
+                 f"than about twice that is within sampling noise, which the intervals below account for.")
+    else:
+        noise = "No model has been attacked yet: every robustness verdict is 'not resolved'."
+    return Markdown(
+        f"- **This grid.** {names['dataset']}, the `{names['model']}` model, {epochs} training epochs, "
+        f"{len(grid)} finished models (`paperlib reproduce --profile {names['profile']}`); the paper's evidence is "
+        f"CIFAR-10 and ImageNet-1k with 200-epoch ResNeXts and 1000 attacked images per model.\n"
+        f"- **Noise.** {noise}\n"
+        f"- **Another dataset.** {names['dataset']} models are broken at other radii than CIFAR-10's; the tables "
+        f"report the paper's radii and add larger ones where ours are not yet broken.")
