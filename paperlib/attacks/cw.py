@@ -63,7 +63,9 @@ class CarliniWagnerL2(MinimizationAttack):
         initial_const: first value of c (1e-2).
         abort_early: stop an image's current c when its loss stalls (True).
         squeeze: None (the start ``atanh((2x - 1) * 0.999999)``) or ``delta`` in (0, 0.5): the squeezed start
-            described in the module docstring (0.1 measured best of 0.01 and 0.1).
+            described in the module docstring (0.1 measured best of 0.01 and 0.1 at 6 x 200 steps; the cheap
+            budgets use 0.2, which broke more images at 100-150 steps, see
+            :data:`~paperlib.evaluation.CHEAP_ATTACK_BUDGETS`).
         patience: per-image early stopping over the binary steps (0: off, the default): see the module
             docstring.
         tol: the relative improvement of the smallest adversarial below which an image counts as stalled
