@@ -207,10 +207,11 @@ def test_boundary_subsample_is_every_kth_image_of_the_draw_whatever_the_batch():
     assert rows[0]["dist_l2"].tolist() == rows[1]["dist_l2"].tolist()
 
 
-# The cheap config on the 8x8 linear model (8 images): measured 3,380 model passes per image for the whole suite
-# (both norms, forward + backward), against 9,122 with today's fmnist budgets, at median best distances within
-# 0.5 % of today's; the bound leaves room for platform differences in where an attack stops.
-CHEAP_TINY_BOUND = 4000
+# The cheap config on the 8x8 linear model (8 images): measured 3,966 model passes per image for the whole suite
+# (both norms, forward + backward; PGD with both losses, CW 150 steps x 5 constants), against 9,122 with today's
+# fmnist budgets, at median best distances within 0.2 % of today's (l2 x1.0006, linf x1.0015); the bound leaves
+# room for platform differences in where an attack stops.
+CHEAP_TINY_BOUND = 4500
 
 
 def test_cheap_config_stays_below_its_pass_bound_at_todays_median_distances():

@@ -270,12 +270,13 @@ def test_cross_check_counts_against_hand_made_tables():
 # The cross-check on a small Fashion-MNIST model
 # --------------------------------------------------------------------------------------------------
 
-#: the suite at the fmnist profile's budgets without the Boundary attack (gradient-free, slow, and never the
-#: best on a committed image); the references at AutoAttack's settings except APGD-T with 3 targets and Square
-#: with 500 queries (to keep the test near a minute on one thread)
-CROSS_CHECK = AttackConfig(
-    attacks=("pgd", "cw", "logbarrier"), n_images=20, batch_size=20, pgd_steps=40, pgd_search_steps=12, cw_steps=200,
-    cw_binary_search_steps=6, logbarrier_outer=10, logbarrier_inner=60, convergence_n=0,
+#: the suite at the cheap budgets the paper-scale evaluation runs (AttackConfig.cheap, i.e.
+#: paperlib.evaluation.CHEAP_ATTACK_BUDGETS) without the Boundary attack (gradient-free, slow, and never the best on
+#: a committed image); the references at AutoAttack's settings except APGD-T with 3 targets and Square with 500
+#: queries (to keep the test near a minute on one thread). 40 images (33 correctly classified), so 95 % allows one
+#: image more than 1 % farther than the references.
+CROSS_CHECK = AttackConfig.cheap(
+    attacks=("pgd", "cw", "logbarrier"), n_images=40, batch_size=40, convergence_n=0,
     reference_attacks=("fab", "fmn", "ddn", "apgd-ce", "apgd-t", "square"), reference_eps_l2=(1.0,),
     reference_eps_linf=(8 / 255,), reference_targets=3, reference_queries=500)
 
@@ -297,9 +298,14 @@ def cross_check():
 
 
 @requires_fmnist
-@pytest.mark.xfail(strict=True, reason="issue 12: today's suite is within 1% of the references on 70-85% of the "
-                   "images (measured 82% l2, 71% linf on this model), not 95%; MinimalPGD's margin loss stalls")
-@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("norm", [
+    "l2",
+    # measured with the cheap budgets (margin + cross-entropy PGD): l2 32 of 33 images within 1 %, linf 31 of 33
+    # (median suite / reference minimum x1.0006 in l2, x1.002 in linf); the fmnist profile's budgets with the
+    # margin-only PGD (the earlier config of this test, 20 images): 82 % l2, 71 % linf
+    pytest.param("linf", marks=pytest.mark.xfail(strict=True, reason="issue 12: the cheap suite is within 1% of the "
+                                                 "references on 31 of 33 images (94%) in linf, not 95%")),
+])
 def test_suite_best_within_1pct_of_references_on_95pct_of_images(cross_check, norm):
     cc = cross_check[norm]
     assert cc["n_images"] >= 15

@@ -259,8 +259,7 @@ class MinimalPGD(MinimizationAttack):
         norm = get_norm(self.norm)
         n = len(x)
         dev = x.device
-        max_eps = self.max_eps if self.max_eps is not None else (
-            math.sqrt(x[0].numel()) if self.norm == "l2" else 1.0)
+        max_eps = self.max_eps if self.max_eps is not None else norm.box_diameter(x.shape[1:])
         lo = torch.zeros(n, dtype=torch.float64, device=dev)
         hi = torch.full((n,), math.inf, dtype=torch.float64, device=dev)
         best = x.clone()
