@@ -354,7 +354,9 @@ def attack_wins_table(suite) -> pd.DataFrame:
 
 
 #: The record of ``benchmarks/bench_attack_budget.py`` (model passes per image per attack job, measured).
-ATTACK_BUDGET_RECORD = Path(__file__).resolve().parents[2] / "benchmarks" / "records" / "attack_budget.json"
+#: The attack-budget benchmark's record, relative to the repository root (a relative ``record`` is read from there).
+ATTACK_BUDGET_RECORD = "benchmarks/records/attack_budget.json"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def attack_passes_table(suite, cfg=None, model_id: str | None = None,
@@ -374,6 +376,8 @@ def attack_passes_table(suite, cfg=None, model_id: str | None = None,
     rows = [{"attack": k, "forward per image": v["forward_passes_per_image"],
              "backward per image": v["backward_passes_per_image"], "source": "this run's summary"}
             for k, v in jobs.items() if "forward_passes_per_image" in v]
+    if record is not None and not Path(record).is_absolute():
+        record = _REPO_ROOT / record
     if not rows and cfg is not None and model_id is not None and record is not None and Path(record).exists():
         rec = json.loads(Path(record).read_text())
         mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "n_images"}
