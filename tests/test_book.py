@@ -198,6 +198,12 @@ def test_no_page_mentions_the_design_notes_file(layouts, stem):
     assert name not in layouts[stem]["text"] and name not in layouts[stem]["html"], f"{stem} mentions {name}"
 
 
+@pytest.mark.parametrize("stem", PAGES)
+def test_no_page_prints_the_build_machines_checkout_path(layouts, stem):
+    # e.g. a signature default computed from __file__: it names the builder's directory, which no reader has
+    assert str(REPO) not in layouts[stem]["html"], f"{stem} prints the checkout path {REPO}"
+
+
 def test_the_layout_probe_sees_overflow_missing_captions_and_cut_cells(chromium, tmp_path):
     """The measurements can fail: a page with a table wider than its column, a bare image and a cut cell."""
     (tmp_path / "dot.png").write_bytes(screenshot_of_blank(tmp_path))
