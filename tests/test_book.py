@@ -146,16 +146,10 @@ def toc_pages() -> list[str]:
 
 
 PAGES = toc_pages()
-NOT_YET = "the attack page's figures are bare cell outputs still (issue 15)"
-#: Page checks that today's pages fail, measured at 1280 px: only the attack page, whose figures have no caption
-#: yet (it is being reworked for the per-attack wins). Every other page passes every check since the rebuild
-#: (split tables, glue:figure or cell-metadata captions, no cut cells). Each entry is an xfail(strict=True): when
-#: a page passes, its entry must go (the suite then notices).
-KNOWN_FAILURES: dict[str, dict[str, str]] = {
-    "overflow": {},
-    "captions": {"attack": NOT_YET},
-    "truncation": {},
-}
+#: Page checks that today's pages fail, measured at 1280 px: none since the rebuild (split tables, glue:figure or
+#: cell-metadata captions, no cut cells). A page that fails one goes here as an xfail(strict=True) with the reason
+#: and its measurement, and leaves when it passes (the suite then notices).
+KNOWN_FAILURES: dict[str, dict[str, str]] = {"overflow": {}, "captions": {}, "truncation": {}}
 
 
 def pages_for(check: str) -> list:
@@ -202,6 +196,12 @@ def test_no_table_cell_is_cut_to_an_ellipsis(layouts, stem):
 def test_no_page_mentions_the_design_notes_file(layouts, stem):
     name = "DESIGN" + ".md"  # the file is not part of the repository; pages must not send readers to it
     assert name not in layouts[stem]["text"] and name not in layouts[stem]["html"], f"{stem} mentions {name}"
+
+
+@pytest.mark.parametrize("stem", PAGES)
+def test_no_page_prints_the_build_machines_checkout_path(layouts, stem):
+    # e.g. a signature default computed from __file__: it names the builder's directory, which no reader has
+    assert str(REPO) not in layouts[stem]["html"], f"{stem} prints the checkout path {REPO}"
 
 
 def test_the_layout_probe_sees_overflow_missing_captions_and_cut_cells(chromium, tmp_path):
