@@ -20,6 +20,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from paperlib.bounds.smoothing import max_certifiable_radius
 from paperlib.config import check_choice
 from paperlib.report import paper
 from paperlib.report.results import (
@@ -36,7 +37,7 @@ from paperlib.report.results import (
 )
 
 __all__ = ["BookTable", "BookTables", "Markdown", "table_parts", "show_table", "provenance", "short_header", "source_note",
-           "comparisons_table", "verdict_context"]
+           "comparisons_table", "verdict_context", "certify_note"]
 
 _DASH = "\u2013"
 _INTERVAL = re.compile(r"^(?P<value>\S+) (?P<interval>\[[^\]]*\])$")
@@ -322,3 +323,15 @@ def verdict_context(grid: dict[str, ModelResults]) -> Markdown:
         f"- **Noise.** {noise}\n"
         f"- **Another dataset.** {names['dataset']} models are broken at other radii than CIFAR-10's; the tables "
         f"report the paper's radii and add larger ones where ours are not yet broken.")
+
+
+def certify_note(grid: dict[str, ModelResults]) -> Markdown:
+    """The smoothing pages' settings sentence, read from the certification runs: noise samples ``n``, ``alpha``,
+    ``sigma`` and the largest radius such a certificate can reach (:func:`~paperlib.bounds.smoothing.max_certifiable_radius`)."""
+    cfgs = {(c.n, c.alpha, c.sigma, c.n_images) for m in grid.values() if m.certify is not None
+            for c in [m.certify.config] if c is not None}
+    if not cfgs:
+        return Markdown("No model of this grid has been certified yet.")
+    parts = [f"$n = {f'{n:,}'.replace(',', '{,}')}$ noise samples per image on {k} test images, $\\alpha = {a:g}$, $\\sigma = {s:g}$: no radius "
+             f"above {max_certifiable_radius(n, a, s):.2f} can be certified" for n, a, s, k in sorted(cfgs)]
+    return Markdown("Our certificates: " + "; ".join(parts) + " (Cohen et al.: $n = 100{,}000$).")
