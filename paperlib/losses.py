@@ -27,9 +27,9 @@ All functions take ``logits`` of shape ``[B, K]`` and integer labels ``y`` of sh
 per-example tensor of shape ``[B]`` (no reduction).
 
 This is the package's one margin: both margins are ``_kth_other_minus_true`` on probabilities or on logits.
-The attacks' summed logit margin (``paperlib.attacks.pgd.margin_loss``) equals ``logit_margin_loss(z, y).sum()``
-to the last bit (tested); Carlini-Wagner's inline ``z_y - z_other`` is minus :func:`logit_margin_loss` and
-LogBarrier's ``p_other - p_y`` is :func:`margin_loss`, the same operations in the same order.
+The attacks use it through their criterion (:meth:`paperlib.attacks.base.Misclassification.margin`, minus
+these losses, with the criterion's ``top_k``); the summed logit margin ``paperlib.attacks.pgd.margin_loss``
+equals ``logit_margin_loss(z, y).sum()`` to the last bit (tested).
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def _kth_other_minus_true(scores: torch.Tensor, y: torch.Tensor, top_k: int) -> 
     true = scores.gather(1, y).squeeze(1)
     # Exclude the true class; -inf never wins a top-k among the others since K - 1 >= k.
     others = scores.scatter(1, y, float("-inf"))
-    kth = others.topk(top_k, dim=1).values[:, -1]
+    # k = 1: amax, whose value is topk's but whose gradient at a tie is split evenly among the tied classes,
+    # as the attacks' margin always was (so their top-1 margin is unchanged to the last bit, gradients included)
+    kth = others.amax(dim=1) if top_k == 1 else others.topk(top_k, dim=1).values[:, -1]
     return kth - true
 
 

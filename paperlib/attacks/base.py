@@ -11,7 +11,11 @@ returning logits ``[B, K]``. The contract, enforced here once for all attacks:
 * images that are not finite or not in [0, 1], labels outside ``[0, K)``, logits not ``[B, K]`` and a linf
   ``eps`` above 1 are a :class:`~paperlib.config.ConfigError` (never an attack "success");
 * ``x`` is never modified; the model is put in eval mode during the attack and its modes restored after;
-* images the model already misclassifies are not attacked: adversarial = x, success, distance 0;
+* "adversarial" is decided by the attack's :class:`Misclassification` criterion (default top-1: the argmax
+  is not the label; ``top_k=k``: the label is not among the k largest logits), for every internal success test
+  and the final one alike;
+* images the model already misclassifies (under the criterion) are not attacked: adversarial = x, success,
+  distance 0;
 * the returned adversarials are inside [0, 1] (and inside the eps-ball for fixed-eps attacks);
 * success is *recomputed* from the returned adversarials with one final forward pass (an attack's internal
   bookkeeping is never trusted), and distances are recomputed from them in l2 and linf (float64); a failed
@@ -32,6 +36,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from paperlib.losses import logit_margin_loss, margin_loss
 from paperlib.models import eval_mode
 from paperlib.config import (
     ConfigError,
@@ -43,6 +48,8 @@ from paperlib.config import (
 )
 
 __all__ = [
+    "Misclassification",
+    "check_criterion",
     "AttackResult",
     "Attack",
     "FixedEpsilonAttack",
@@ -148,6 +155,80 @@ class ImageNoise:
 
 
 # --------------------------------------------------------------------------------------------------
+# The adversarial criterion
+# --------------------------------------------------------------------------------------------------
+
+
+class Misclassification:
+    """The adversarial criterion: top-``k`` misclassification, "the label is not among the k largest logits".
+
+    ``criterion(logits, y)`` is bool ``[B]``. An image's rank is the number of classes ranked before its label:
+    those with a larger logit, and those with an equal logit and a smaller index (the order of a stable
+    descending sort, which is the tie rule of ``argmax``: the first maximal index wins). The image is
+    adversarial iff its rank is at least ``k``. ``top_k=1`` is computed as ``logits.argmax(dim=1) != y``, the
+    attacks' test before the criterion existed, so it is that test bit for bit (and, on finite logits, the rank
+    rule with ``k = 1``, tested).
+
+    :meth:`margin` is the continuous counterpart the gradient attacks ascend or descend: ``Z_y`` minus the
+    k-th largest other logit, positive while the label is still in the top k. It is minus
+    :func:`~paperlib.losses.logit_margin_loss` (the package's one margin, which the bounds use with the same
+    ``top_k``); for ``k = 1`` it is ``Z_y - max_{i != y} Z_i``, minus the ``max_{i != y} Z_i - Z_y`` of
+    :func:`~paperlib.attacks.pgd.margin_loss`. A negative margin means adversarial and a positive one correct;
+    at a margin of exactly 0 (a tie) the criterion above decides.
+
+    Args:
+        top_k: the ``k`` of top-k error (1: top-1; the imagenet profile uses 5, as its bounds). An integer
+            ``>= 1`` (bools are refused); at call time it must be at most the number of classes minus one.
+    """
+
+    def __init__(self, top_k: int = 1) -> None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"top_k={top_k!r} must be an integer >= 1 (1: top-1 error)")
+        self.top_k = top_k
+
+    def __repr__(self) -> str:
+        return f"Misclassification(top_k={self.top_k})"
+
+    def check(self, num_classes: int) -> None:
+        """A :class:`~paperlib.config.ConfigError` unless ``top_k <= num_classes - 1``."""
+        if self.top_k > num_classes - 1:
+            raise ConfigError(f"top_k={self.top_k} must be at most {num_classes - 1} for {num_classes} classes")
+
+    def __call__(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Bool ``[B]``: the label ``y`` ``[B]`` is not among the ``top_k`` largest of ``logits`` ``[B, K]``."""
+        if self.top_k == 1:
+            return logits.argmax(dim=1) != y
+        self.check(logits.shape[1])
+        y = y.to(device=logits.device, dtype=torch.long)
+        z_y = logits.gather(1, y[:, None])
+        index = torch.arange(logits.shape[1], device=logits.device)[None, :]
+        before = (logits > z_y) | ((logits == z_y) & (index < y[:, None]))
+        return before.sum(dim=1) >= self.top_k
+
+    def margin(self, logits: Tensor, y: Tensor, *, softmax: bool = False) -> Tensor:
+        """``Z_y`` minus the ``top_k``-th largest other logit, ``[B]`` (positive: ``y`` is still in the top k).
+
+        ``softmax=True``: the same on the probabilities ``softmax(logits)`` (minus
+        :func:`~paperlib.losses.margin_loss`, the paper's evaluation loss; LogBarrier's barrier uses it).
+        """
+        return -(margin_loss if softmax else logit_margin_loss)(logits, y, self.top_k)
+
+
+# the default criterion of every attack: top-1 misclassification
+_TOP1 = Misclassification(1)
+
+
+def check_criterion(criterion: Optional[Misclassification]) -> Misclassification:
+    """``criterion`` (None: top-1), or a :class:`~paperlib.config.ConfigError` if it is not a
+    :class:`~paperlib.attacks.base.Misclassification`."""
+    if criterion is None:
+        return _TOP1
+    if not isinstance(criterion, Misclassification):
+        raise ConfigError(f"criterion={criterion!r} must be a Misclassification(top_k=...) or None (top-1)")
+    return criterion
+
+
+# --------------------------------------------------------------------------------------------------
 # Model helpers
 # --------------------------------------------------------------------------------------------------
 
@@ -189,14 +270,15 @@ class AttackResult:
     Attributes:
         adversarials: ``[B, C, H, W]`` in [0, 1]; for a failed image the attack's last iterate (inside the
             threat model) or the original image.
-        success: bool ``[B]``: the model misclassifies ``adversarials`` (recomputed after the attack).
+        success: bool ``[B]``: ``adversarials`` meet the attack's criterion (recomputed after the attack;
+            :class:`~paperlib.attacks.base.Misclassification`, default top-1).
         dist_l2: float64 ``[B]``: l2 distance of the adversarial to the original; 0 for images misclassified
             at the start; ``inf`` where the attack failed.
         dist_linf: float64 ``[B]``: the same in linf.
         eps: float64 ``[B]`` or None: the radius of the ball the adversarial is guaranteed to lie in
             (fixed-eps attacks: their eps; minimal PGD: the radius at which it succeeded; ``inf`` if failed).
         norm: the norm the attack optimizes ('l2' or 'linf').
-        clean_correct: bool ``[B]``: the model classified the original image correctly.
+        clean_correct: bool ``[B]``: the original image does not meet the criterion (top-k correct).
     """
 
     adversarials: Tensor
@@ -225,8 +307,13 @@ EpsLike = Union[float, Tensor]
 class Attack(ABC):
     """Base of every attack: input checks, eval mode, clean-misclassified images, final verification.
 
-    Subclasses implement :meth:`_attack` on the images the model classifies correctly.
+    Subclasses implement :meth:`_attack` on the images the model classifies correctly (under
+    :attr:`criterion`) and use :attr:`criterion` for every success test and margin of their own.
     """
+
+    #: the adversarial criterion (:class:`~paperlib.attacks.base.Misclassification`; subclasses take it as
+    #: the keyword ``criterion``, default top-1)
+    criterion: Misclassification = _TOP1
 
     #: short name used in result tables ('pgd', 'cw', 'boundary', 'logbarrier')
     name: str = "attack"
@@ -255,7 +342,8 @@ class Attack(ABC):
         adv = torch.where(clean_correct.view(-1, *[1] * (x.dim() - 1)), adv, x)
         if eps is not None:
             adv = self._clip_to_ball(adv, x, eps)
-        success = predict(model, adv) != y if len(x) else torch.zeros(0, dtype=torch.bool, device=x.device)
+        success = (self.criterion(logits_of(model, adv), y) if len(x)
+                   else torch.zeros(0, dtype=torch.bool, device=x.device))
         d2, dinf = distances(adv, x)
         inf = torch.full_like(d2, math.inf)
         d2 = torch.where(success, d2, inf)
@@ -286,7 +374,8 @@ class Attack(ABC):
             if len(x):
                 logits = logits_of(model, x)
                 y = check_labels(y, logits.shape[1]).to(torch.int64)
-                clean_correct = logits.argmax(dim=1) == y
+                self.criterion.check(logits.shape[1])
+                clean_correct = ~self.criterion(logits, y)
             else:
                 y = y.to(torch.int64)
                 clean_correct = torch.zeros(0, dtype=torch.bool)

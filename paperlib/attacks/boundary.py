@@ -1,6 +1,7 @@
 """The Boundary attack (Brendel et al. 2018): decision-based, batched over images.
 
-It uses only the model's decisions (argmax), never gradients, which makes it the suite's check against
+It uses only the model's decisions (its criterion, :class:`~paperlib.attacks.base.Misclassification`: by
+default the argmax), never gradients, which makes it the suite's check against
 gradient masking. Algorithm (foolbox 3's ``BoundaryAttack``, batched and per-image seeded):
 
 1. Starting point (:func:`blended_uniform_noise_start`): draw uniform noise images until one is misclassified
@@ -74,7 +75,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from paperlib.attacks.base import ImageNoise, MinimizationAttack
+from paperlib.attacks.base import ImageNoise, MinimizationAttack, Misclassification, check_criterion
 from paperlib.norms import get_norm
 from paperlib.config import check_nonnegative, check_positive
 
@@ -96,14 +97,15 @@ def _shared_normal(seed: int, salt: int, step: int, d: int, dtype: torch.dtype, 
     return torch.randn(1, d, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
-def _is_adv(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+def _is_adv(model: nn.Module, x: Tensor, y: Tensor, criterion: Misclassification) -> Tensor:
     with torch.no_grad():
-        return model(x).argmax(dim=1) != y
+        return criterion(model(x), y)
 
 
 def blended_uniform_noise_start(model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor, *,
                                 directions: int = 1000, steps: int = 50, refine_steps: int = 10,
-                                stream: int = 1 << 24) -> tuple[Tensor, Tensor]:
+                                stream: int = 1 << 24,
+                                criterion: Optional[Misclassification] = None) -> tuple[Tensor, Tensor]:
     """A misclassified starting point per image: uniform noise blended toward the image by line search.
 
     Args:
@@ -114,10 +116,12 @@ def blended_uniform_noise_start(model: nn.Module, x: Tensor, y: Tensor, noise: I
             default for its starting point).
         refine_steps: bisection steps between the last non-adversarial and first adversarial grid point.
         stream: first random stream number used.
+        criterion: what counts as adversarial (:class:`~paperlib.attacks.base.Misclassification`; None: top-1).
 
     Returns:
         ``(start [R, ...], found bool [R])``; where ``found`` is False the image is returned unchanged.
     """
+    criterion = check_criterion(criterion)
     n = len(x)
     shape = tuple(x.shape[1:])
     rand = x.clone()
@@ -125,7 +129,7 @@ def blended_uniform_noise_start(model: nn.Module, x: Tensor, y: Tensor, noise: I
     todo = torch.arange(n, device=x.device)
     for k in range(directions):
         cand = noise.uniform(stream + k, shape, x.dtype, rows=rows[todo])
-        ok = _is_adv(model, cand, y[todo])
+        ok = _is_adv(model, cand, y[todo], criterion)
         rand[todo[ok]] = cand[ok]
         found[todo[ok]] = True
         todo = todo[~ok]
@@ -145,24 +149,25 @@ def blended_uniform_noise_start(model: nn.Module, x: Tensor, y: Tensor, noise: I
             break
         sel = open_.nonzero().flatten()
         blend = (1 - a) * xs[sel] + a * rs[sel]
-        ok = _is_adv(model, blend, ys[sel])
+        ok = _is_adv(model, blend, ys[sel], criterion)
         hi[sel[ok]] = a
         lo[sel[~ok]] = a
     for _ in range(refine_steps):
         mid = (lo + hi) / 2
-        ok = _is_adv(model, (1 - _kd(mid, xs)) * xs + _kd(mid, xs) * rs, ys)
+        ok = _is_adv(model, (1 - _kd(mid, xs)) * xs + _kd(mid, xs) * rs, ys, criterion)
         hi = torch.where(ok, mid, hi)
         lo = torch.where(ok, lo, mid)
     start[idx] = ((1 - _kd(hi, xs)) * xs + _kd(hi, xs) * rs).clamp(0, 1)
     # guard: keep only verified adversarial starting points
-    ok = _is_adv(model, start[idx], ys)
+    ok = _is_adv(model, start[idx], ys, criterion)
     start[idx[~ok]] = rand[idx[~ok]]
     return start, found
 
 
 def best_blended_start(model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor, *,
                        starts: int = 20, bisect_steps: int = 12, stream: int = 1 << 25,
-                       fallback_directions: int = 1000) -> tuple[Tensor, Tensor]:
+                       fallback_directions: int = 1000,
+                       criterion: Optional[Misclassification] = None) -> tuple[Tensor, Tensor]:
     """The closest of ``starts`` blended-uniform-noise starting points per image (gradient-free).
 
     For each of ``starts`` uniform-noise images that the model misclassifies, a bisection of ``bisect_steps``
@@ -172,16 +177,19 @@ def best_blended_start(model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise
     ``starts * (1 + bisect_steps)`` forward passes per image. Every draw is the image's own
     (``noise.uniform``), so the start does not depend on the batch.
 
+    ``criterion``: what counts as adversarial (:class:`~paperlib.attacks.base.Misclassification`; None: top-1).
+
     Returns:
         ``(start [R, ...], found bool [R])`` as :func:`blended_uniform_noise_start`.
     """
+    criterion = check_criterion(criterion)
     n = len(x)
     shape = tuple(x.shape[1:])
     best = x.clone()
     best_d = torch.full((n,), math.inf, dtype=torch.float64, device=x.device)
     for k in range(starts):
         cand = noise.uniform(stream + k, shape, x.dtype, rows=rows)
-        ok = _is_adv(model, cand, y)
+        ok = _is_adv(model, cand, y, criterion)
         idx = ok.nonzero().flatten()
         if idx.numel() == 0:
             continue
@@ -190,7 +198,7 @@ def best_blended_start(model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise
         lo = torch.zeros(len(idx), dtype=x.dtype, device=x.device)
         for _ in range(bisect_steps):
             mid = (lo + hi) / 2
-            adv = _is_adv(model, (1 - _kd(mid, xs)) * xs + _kd(mid, xs) * rs, ys)
+            adv = _is_adv(model, (1 - _kd(mid, xs)) * xs + _kd(mid, xs) * rs, ys, criterion)
             hi = torch.where(adv, mid, hi)
             lo = torch.where(adv, lo, mid)
         pt = ((1 - _kd(hi, xs)) * xs + _kd(hi, xs) * rs).clamp(0, 1)
@@ -202,7 +210,7 @@ def best_blended_start(model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise
     miss = (~found).nonzero().flatten()
     if miss.numel():
         start, ok = blended_uniform_noise_start(model, x[miss], y[miss], noise, rows[miss],
-                                                directions=fallback_directions)
+                                                directions=fallback_directions, criterion=criterion)
         best[miss] = start
         found[miss] = ok
     return best, found
@@ -235,6 +243,7 @@ class BoundaryAttack(MinimizationAttack):
             times coarser and upsampled bilinearly (low-frequency directions, Guo et al. 2019, Brunner et al.
             2019; see the module docstring).
         tol: the relative improvement over ``patience`` steps below which an image is frozen (1e-3).
+        criterion: what counts as adversarial (:class:`~paperlib.attacks.base.Misclassification`; None: top-1).
     """
 
     name = "boundary"
@@ -246,7 +255,8 @@ class BoundaryAttack(MinimizationAttack):
                  update_stats_every_k: int = 10, init_directions: int = 1000, init_steps: int = 50,
                  init_starts: int = 1, init_bisect_steps: int = 12, sph_window: int = 100,
                  step_window: int = 30, diff_mask: bool = False, patience: int = 0, tol: float = 1e-3,
-                 low_freq: int = 1) -> None:
+                 low_freq: int = 1, criterion: Optional[Misclassification] = None) -> None:
+        self.criterion = check_criterion(criterion)
         self.steps = int(check_positive("steps", steps))
         self.spherical_step = float(check_positive("spherical_step", spherical_step))
         self.source_step = float(check_positive("source_step", source_step))
@@ -270,10 +280,10 @@ class BoundaryAttack(MinimizationAttack):
         if self.init_starts > 1:
             best, found = best_blended_start(model, x, y, noise, rows, starts=self.init_starts,
                                              bisect_steps=self.init_bisect_steps,
-                                             fallback_directions=self.init_directions)
+                                             fallback_directions=self.init_directions, criterion=self.criterion)
         else:
             best, found = blended_uniform_noise_start(model, x, y, noise, rows, directions=self.init_directions,
-                                                      steps=self.init_steps)
+                                                      steps=self.init_steps, criterion=self.criterion)
         orig = x.flatten(1)
         best = best.flatten(1)
         d = orig.shape[1]
@@ -313,7 +323,8 @@ class BoundaryAttack(MinimizationAttack):
             cand = (sph_cand + length[:, None] * new_src).clamp(0, 1)
             check = step % k == 0
             if check:
-                both = _is_adv(model, torch.cat([cand, sph_cand]).view(-1, *x.shape[1:]), y[active].repeat(2))
+                both = _is_adv(model, torch.cat([cand, sph_cand]).view(-1, *x.shape[1:]), y[active].repeat(2),
+                               self.criterion)
                 is_adv, sph_adv = both[: len(active)], both[len(active):]
                 slot = sph_count[active] % ws
                 sph_hist[active, slot] = sph_adv
@@ -322,7 +333,7 @@ class BoundaryAttack(MinimizationAttack):
                 step_hist[active, slot] = is_adv
                 step_count[active] += 1
             else:
-                is_adv = _is_adv(model, cand.view(-1, *x.shape[1:]), y[active])
+                is_adv = _is_adv(model, cand.view(-1, *x.shape[1:]), y[active], self.criterion)
             closer = _L2.norm(o - cand) < src_norm
             better = is_adv & closer
             best[active[better]] = cand[better]

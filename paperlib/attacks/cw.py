@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from paperlib.attacks.base import ImageNoise, MinimizationAttack
+from paperlib.attacks.base import ImageNoise, MinimizationAttack, Misclassification, check_criterion
 from paperlib.attacks.norms import L2
 from paperlib.config import ConfigError, check_nonnegative, check_positive
 
@@ -70,6 +70,9 @@ class CarliniWagnerL2(MinimizationAttack):
             docstring.
         tol: the relative improvement of the smallest adversarial below which an image counts as stalled
             (1e-3; used when ``patience > 0``).
+        criterion: what counts as adversarial (:class:`~paperlib.attacks.base.Misclassification`; None: top-1);
+            the loss's ``Z_y - max_{i != y} Z_i`` is its :meth:`~paperlib.attacks.base.Misclassification.margin`
+            (with top-k: ``Z_y`` minus the k-th largest other logit).
     """
 
     name = "cw"
@@ -78,7 +81,9 @@ class CarliniWagnerL2(MinimizationAttack):
 
     def __init__(self, *, binary_search_steps: int = 5, steps: int = 1000, stepsize: float = 5e-3,
                  confidence: float = 0.0, initial_const: float = 1e-2, abort_early: bool = True,
-                 squeeze: Optional[float] = None, patience: int = 0, tol: float = 1e-3) -> None:
+                 squeeze: Optional[float] = None, patience: int = 0, tol: float = 1e-3,
+                 criterion: Optional[Misclassification] = None) -> None:
+        self.criterion = check_criterion(criterion)
         self.binary_search_steps = int(check_positive("binary_search_steps", binary_search_steps))
         self.steps = int(check_positive("steps", steps))
         self.stepsize = float(check_positive("stepsize", stepsize))
@@ -137,13 +142,12 @@ class CarliniWagnerL2(MinimizationAttack):
                     xa = xu.clamp(0.0, 1.0).requires_grad_(True)
                 logits = model(xa)
                 ya = y[active]
-                z_y = logits.gather(1, ya[:, None]).squeeze(1)
-                z_other = logits.scatter(1, ya[:, None], -math.inf).amax(dim=1)
+                margin = self.criterion.margin(logits, ya)  # z_y - z_other (top-k: the k-th largest other)
                 d2 = _L2.squared_norm(xa - x[active])
-                loss = d2 + c[active] * torch.clamp(z_y - z_other + self.confidence, min=0)
+                loss = d2 + c[active] * torch.clamp(margin + self.confidence, min=0)
                 with torch.no_grad():
                     # bookkeeping on this iterate (before its update): smallest adversarial so far
-                    adv = z_other - z_y > 0 if self.confidence == 0 else z_other - z_y >= self.confidence
+                    adv = -margin > 0 if self.confidence == 0 else -margin >= self.confidence
                     dist = _L2.distance(xa.detach().to(torch.float64) - x[active].to(torch.float64))
                     better = adv & (dist < best_d2[active])
                     best_d2[active[better]] = dist[better]

@@ -97,7 +97,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from paperlib.attacks.base import ImageNoise, MinimizationAttack
+from paperlib.attacks.base import ImageNoise, MinimizationAttack, Misclassification, check_criterion
 from paperlib.norms import get_norm
 from paperlib.config import ConfigError, check_choice, check_nonnegative, check_positive, check_probability, normalize_norm
 
@@ -108,25 +108,28 @@ def _kd(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *[1] * (like.dim() - 1))
 
 
-def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+def _correct(model: nn.Module, x: Tensor, y: Tensor, criterion: Misclassification) -> Tensor:
     with torch.no_grad():
-        return model(x).argmax(dim=1) == y
+        return ~criterion(model(x), y)
 
 
 def gaussian_noise_start(model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor, *,
                          dt: float = 0.01, growth: float = 1.01, max_iters: int = 1000,
-                         stream: int = 1 << 24) -> tuple[Tensor, Tensor]:
+                         stream: int = 1 << 24,
+                         criterion: Optional[Misclassification] = None) -> tuple[Tensor, Tensor]:
     """Misclassified starting points ``x + growth^k * dt * N(0, I)``, clipped, for the first k that works.
 
+    ``criterion`` decides "misclassified" (:class:`~paperlib.attacks.base.Misclassification`; None: top-1).
     Returns ``(start [R, ...], found bool [R])``; where not found, the image itself.
     """
+    criterion = check_criterion(criterion)
     start = x.clone()
     found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     todo = torch.arange(len(x), device=x.device)
     shape = tuple(x.shape[1:])
     for k in range(max_iters):
         cand = (x[todo] + growth ** k * dt * noise.normal(stream + k, shape, x.dtype, rows=rows[todo])).clamp(0, 1)
-        ok = ~_correct(model, cand, y[todo])
+        ok = ~_correct(model, cand, y[todo], criterion)
         start[todo[ok]] = cand[ok]
         found[todo[ok]] = True
         todo = todo[~ok]
@@ -164,6 +167,9 @@ class LogBarrierAttack(MinimizationAttack):
         outer_patience: with ``patience``, an image leaves the attack after this many consecutive outer loops
             that shrank its closest adversarial by less than ``tol_stop`` (1, default; 0: never, the inner loops
             still stop; see the module docstring).
+        criterion: what counts as adversarial (:class:`~paperlib.attacks.base.Misclassification`; None: top-1);
+            the barrier is ``-log`` of minus its probability margin (top-k: the k-th largest other
+            probability minus ``p_y``).
     """
 
     name = "logbarrier"
@@ -174,7 +180,8 @@ class LogBarrierAttack(MinimizationAttack):
                  T: float = 500.0, max_backtrack: int = 60, init_max_iters: int = 1000,
                  linf_step: str = "smooth", refine_steps: int = 0, patience: int = 0,
                  tol_stop: float = 1e-3, init_growth: float = 1.01, stall: str = "distance",
-                 outer_patience: int = 1) -> None:
+                 outer_patience: int = 1, criterion: Optional[Misclassification] = None) -> None:
+        self.criterion = check_criterion(criterion)
         self.norm = normalize_norm(norm)
         self.dt = float(check_positive("dt", dt))
         self.alpha = float(check_positive("alpha", alpha))
@@ -203,7 +210,7 @@ class LogBarrierAttack(MinimizationAttack):
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor, noise: ImageNoise, rows: Tensor,
                 **_: object) -> tuple[Tensor, Optional[Tensor]]:
         xpert, found = gaussian_noise_start(model, x, y, noise, rows, max_iters=self.init_max_iters,
-                                            growth=self.init_growth)
+                                            growth=self.init_growth, criterion=self.criterion)
         best = xpert.clone()
         best_d = torch.where(found, self._dist(xpert - x).to(torch.float64),
                              torch.full((len(x),), float("inf"), dtype=torch.float64, device=x.device))
@@ -232,10 +239,8 @@ class LogBarrierAttack(MinimizationAttack):
                     break
                 xa = xpert[active].detach().requires_grad_(True)
                 x0, ya = x[active], y[active]
-                p = model(xa).softmax(dim=-1)
-                p_y = p.gather(1, ya[:, None]).squeeze(1)
-                p_other = p.scatter(1, ya[:, None], -1.0).amax(dim=1)
-                barrier = -torch.log(p_other - p_y)
+                # p_other - p_y (top-k: the k-th largest other probability)
+                barrier = -torch.log(-self.criterion.margin(model(xa), ya, softmax=True))
                 box = self.norm == "linf" and self.linf_step == "box"
                 if self.norm == "l2":
                     dist_term = 0.5 * get_norm("l2").squared_norm(xa - x0)
@@ -255,12 +260,12 @@ class LogBarrierAttack(MinimizationAttack):
                     else:
                         xnew = (xold - self.dt * g).clamp(0, 1)
                     # backtrack toward the previous (misclassified) iterate while correctly classified
-                    c = _correct(model, xnew, ya)
+                    c = _correct(model, xnew, ya, self.criterion)
                     for _b in range(self.max_backtrack):
                         if not bool(c.any()):
                             break
                         xnew[c] = (1 - self.gamma) * xnew[c] + self.gamma * xold[c]
-                        c = _correct(model, xnew, ya)
+                        c = _correct(model, xnew, ya, self.criterion)
                     if bool(c.any()):
                         xnew[c] = xold[c]
                     xpert[active] = xnew
@@ -292,7 +297,7 @@ class LogBarrierAttack(MinimizationAttack):
         for _ in range(self.refine_steps):
             mid = (lo + hi) / 2
             cand = (x0 + _kd(mid, x0) * d).clamp(0, 1)
-            ok = ~_correct(model, cand, ya)
+            ok = ~_correct(model, cand, ya, self.criterion)
             out[idx[ok]] = cand[ok]
             hi = torch.where(ok, mid, hi)
             lo = torch.where(ok, lo, mid)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from paperlib.attacks.base import FixedEpsilonAttack, ImageNoise, MinimizationAttack
+from paperlib.attacks.base import FixedEpsilonAttack, ImageNoise, MinimizationAttack, Misclassification, check_criterion
 from paperlib.attacks.norms import Norm, get_norm
 from paperlib.config import (
     ConfigError,
@@ -51,7 +51,7 @@ _LOSSES = {"ce": _ce, "margin": margin_loss}
 def pgd_in_ball(model: nn.Module, x0: Tensor, y: Tensor, eps: Tensor, norm: Norm, *, steps: int,
                 rel_stepsize: float, random_start: bool, noise: ImageNoise, rows: Tensor,
                 stream: Union[int, Tensor], loss_name: str = "ce", patience: int = 0,
-                tol: float = 1e-3) -> tuple[Tensor, Tensor]:
+                tol: float = 1e-3, criterion: Optional[Misclassification] = None) -> tuple[Tensor, Tensor]:
     """Run PGD on a batch with per-image radius ``eps`` ``[R]``; stop each image at its first adversarial.
 
     Args:
@@ -68,12 +68,15 @@ def pgd_in_ball(model: nn.Module, x0: Tensor, y: Tensor, eps: Tensor, norm: Norm
             rose by at most ``tol * |loss|`` since the previous such step (a stalled ascent, still not
             adversarial) gives up at this radius; it costs no more passes. Its own losses decide.
         tol: the relative rise below which an image counts as stalled.
+        criterion: what counts as adversarial, and the margin that loss 'margin' ascends (minus
+            :meth:`~paperlib.attacks.base.Misclassification.margin`); None: top-1.
 
     Returns:
         ``(x_adv [R, ...], success bool [R])``: the first adversarial found (else the last iterate), inside the
         ball and [0, 1].
     """
     eps = eps.to(x0.dtype)
+    criterion = check_criterion(criterion)
     shape = tuple(x0.shape[1:])
     if random_start:
         gauss = noise.normal(stream, shape, x0.dtype, rows=rows)
@@ -96,7 +99,7 @@ def pgd_in_ball(model: nn.Module, x0: Tensor, y: Tensor, eps: Tensor, norm: Norm
                 break
         xa = x_adv[active].detach().requires_grad_(True)
         logits = model(xa)
-        hit = logits.argmax(dim=1) != y[active]
+        hit = criterion(logits, y[active])
         success[active[hit]] = True
         if it == steps:
             break
@@ -104,9 +107,10 @@ def pgd_in_ball(model: nn.Module, x0: Tensor, y: Tensor, eps: Tensor, norm: Norm
             with torch.no_grad():
                 ya = y[active][:, None]
                 per = (F.cross_entropy(logits, y[active], reduction="none") if loss_name == "ce"
-                       else logits.scatter(1, ya, -math.inf).amax(dim=1) - logits.gather(1, ya).squeeze(1))
+                       else -criterion.margin(logits, y[active]))
                 best_loss[active] = torch.maximum(best_loss[active], per.to(torch.float64))
-        loss = _LOSSES[loss_name](logits, y[active])
+        loss = (-criterion.margin(logits, y[active]).sum() if loss_name == "margin"
+                else _LOSSES[loss_name](logits, y[active]))
         (grad,) = torch.autograd.grad(loss, xa)
         with torch.no_grad():
             keep = ~hit
@@ -130,14 +134,17 @@ class PGD(FixedEpsilonAttack):
             travel 2.5 eps, enough to reach the boundary of the ball from anywhere in it).
         random_start: start uniformly at random in the ball (True, as Madry et al.).
         loss: the loss ascended: 'ce' (cross-entropy, Madry et al.) or 'margin' (``max_{i != y} Z_i - Z_y``
-            on logits, Carlini & Wagner's f6).
+            on logits, Carlini & Wagner's f6; with a top-k criterion its top-k margin).
+        criterion: what counts as adversarial (:class:`~paperlib.attacks.base.Misclassification`; None: top-1).
     """
 
     name = "pgd"
     _salt = 0x70D
 
     def __init__(self, *, norm: str = "linf", steps: int = 40, rel_stepsize: Optional[float] = None,
-                 random_start: bool = True, loss: str = "ce") -> None:
+                 random_start: bool = True, loss: str = "ce",
+                 criterion: Optional[Misclassification] = None) -> None:
+        self.criterion = check_criterion(criterion)
         self.norm = normalize_norm(norm)
         self.loss = check_choice("loss", loss, tuple(_LOSSES))
         self.steps = int(check_positive("steps", steps))
@@ -149,7 +156,7 @@ class PGD(FixedEpsilonAttack):
                 eps: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         adv, _ = pgd_in_ball(model, x, y, eps, get_norm(self.norm), steps=self.steps,
                              rel_stepsize=self.rel_stepsize, random_start=self.random_start, noise=noise,
-                             rows=rows, stream=0, loss_name=self.loss)
+                             rows=rows, stream=0, loss_name=self.loss, criterion=self.criterion)
         return adv, eps
 
 
@@ -201,6 +208,8 @@ class MinimalPGD(MinimizationAttack):
             an image whose best loss has risen by at most ``tol`` (relative) over the last ``patience`` steps
             gives up at that radius (see :func:`~paperlib.attacks.pgd.pgd_in_ball`).
         tol: the relative rise below which an ascent counts as stalled (1e-3; used with ``patience``).
+        criterion: what counts as adversarial, and whose margin the loss 'margin' ascends
+            (:class:`~paperlib.attacks.base.Misclassification`; None: top-1).
     """
 
     name = "pgd"
@@ -209,7 +218,9 @@ class MinimalPGD(MinimizationAttack):
     def __init__(self, *, norm: str = "l2", steps: int = 40, rel_stepsize: float = 0.1,
                  random_start: bool = True, loss: str = "margin", init_eps: Optional[float] = None,
                  growth: float = 1.5, search_steps: int = 20, max_eps: Optional[float] = None,
-                 search_tol: float = 0.0, patience: int = 0, tol: float = 1e-3) -> None:
+                 search_tol: float = 0.0, patience: int = 0, tol: float = 1e-3,
+                 criterion: Optional[Misclassification] = None) -> None:
+        self.criterion = check_criterion(criterion)
         self.norm = normalize_norm(norm)
         self.steps = int(check_positive("steps", steps))
         self.rel_stepsize = float(check_positive("rel_stepsize", rel_stepsize))
@@ -270,7 +281,8 @@ class MinimalPGD(MinimizationAttack):
             adv, ok = pgd_in_ball(model, x[idx], y[idx], eps, norm, steps=self.steps,
                                   rel_stepsize=self.rel_stepsize, random_start=self.random_start,
                                   noise=noise, rows=rows[idx], stream=2 * trials[idx],
-                                  loss_name=loss_name, patience=self.patience, tol=self.tol)
+                                  loss_name=loss_name, patience=self.patience, tol=self.tol,
+                                  criterion=self.criterion)
             trials[idx] += 1
             best[idx[ok]] = adv[ok]
             return ok

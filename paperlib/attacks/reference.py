@@ -31,6 +31,10 @@ iterations. Three library behaviours are worked around here, each with a test in
 * torchattacks computes in float32: float64 images are given to it as float32 and the model sees them cast
   back (distances are still recomputed in float64 from the returned adversarials).
 
+The libraries decide "adversarial" by top-1 misclassification only: every reference attack takes
+``criterion`` like the suite's own (for the contract's success test) and refuses a top-k criterion with
+``top_k > 1`` (a :class:`~paperlib.config.ConfigError`).
+
 Algorithms layer: tensors in, tensors out.
 """
 
@@ -42,7 +46,14 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from paperlib.attacks.base import FixedEpsilonAttack, ImageNoise, MinimizationAttack, logits_of
+from paperlib.attacks.base import (
+    FixedEpsilonAttack,
+    ImageNoise,
+    MinimizationAttack,
+    Misclassification,
+    check_criterion,
+    logits_of,
+)
 from paperlib.config import ConfigError, check_positive, normalize_norm
 
 __all__ = [
@@ -75,6 +86,16 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
     return value
+
+
+def _top1_criterion(name: str, criterion: Optional[Misclassification]) -> Misclassification:
+    """``criterion`` (None: top-1); a :class:`~paperlib.config.ConfigError` for ``top_k > 1``, which the
+    libraries cannot test."""
+    criterion = check_criterion(criterion)
+    if criterion.top_k != 1:
+        raise ConfigError(f"{name} is a library attack with top-1 success only; top_k={criterion.top_k} is not "
+                          "allowed (use top_k=1 or the suite's own attacks)")
+    return criterion
 
 
 def _image_seeds(noise: ImageNoise, rows: Tensor) -> list[int]:
@@ -131,13 +152,17 @@ class FABAttack(MinimizationAttack):
         alpha_max, eta, beta: FAB's step parameters (AutoAttack's 0.1, 1.05, 0.9).
         targeted: FAB-T over the ``n_target_classes`` most likely classes instead of the untargeted FAB.
         n_target_classes: target classes of FAB-T (AutoAttack: 9; at most the classes minus one).
+        criterion: None or top-1 (:class:`~paperlib.attacks.base.Misclassification`; ``top_k > 1`` is a
+            :class:`~paperlib.config.ConfigError`).
     """
 
     name = "fab"
     _salt = 0xFAB
 
     def __init__(self, *, norm: str = "l2", steps: int = 100, n_restarts: int = 1, alpha_max: float = 0.1,
-                 eta: float = 1.05, beta: float = 0.9, targeted: bool = False, n_target_classes: int = 9) -> None:
+                 eta: float = 1.05, beta: float = 0.9, targeted: bool = False, n_target_classes: int = 9,
+                 criterion: Optional[Misclassification] = None) -> None:
+        self.criterion = _top1_criterion("FABAttack", criterion)
         self.norm = normalize_norm(norm)
         self.steps = _check_int("steps", steps)
         self.n_restarts = _check_int("n_restarts", n_restarts)
@@ -199,13 +224,16 @@ class FMNAttack(_FoolboxMinimumNorm):
         steps: FMN iterations (foolbox: 100).
         max_stepsize: initial step size, cosine-annealed to ``max_stepsize / 100`` (foolbox: 1.0).
         gamma: initial step of the radius update (foolbox: 0.05).
+        criterion: None or top-1 (:class:`~paperlib.attacks.base.Misclassification`; ``top_k > 1`` is a
+            :class:`~paperlib.config.ConfigError`).
     """
 
     name = "fmn"
     _salt = 0xF3A
 
     def __init__(self, *, norm: str = "linf", steps: int = 100, max_stepsize: float = 1.0,
-                 gamma: float = 0.05) -> None:
+                 gamma: float = 0.05, criterion: Optional[Misclassification] = None) -> None:
+        self.criterion = _top1_criterion("FMNAttack", criterion)
         self.norm = normalize_norm(norm)
         if self.norm != "linf":
             raise ConfigError(f"FMNAttack norm={norm!r} is not allowed; only 'linf' (foolbox's l2 FMN does not "
@@ -227,13 +255,16 @@ class DDNAttack(_FoolboxMinimumNorm):
         steps: DDN iterations (foolbox's default is 10; the DDN paper evaluates with 100 to 1000).
         init_epsilon: initial radius (foolbox: 1.0).
         gamma: radius update factor (foolbox: 0.05).
+        criterion: None or top-1 (:class:`~paperlib.attacks.base.Misclassification`; ``top_k > 1`` is a
+            :class:`~paperlib.config.ConfigError`).
     """
 
     name = "ddn"
     _salt = 0xDD1
 
     def __init__(self, *, norm: str = "l2", steps: int = 100, init_epsilon: float = 1.0,
-                 gamma: float = 0.05) -> None:
+                 gamma: float = 0.05, criterion: Optional[Misclassification] = None) -> None:
+        self.criterion = _top1_criterion("DDNAttack", criterion)
         self.norm = normalize_norm(norm)
         if self.norm != "l2":
             raise ConfigError(f"DDNAttack norm={norm!r} is not allowed; DDN is an l2 attack")
@@ -275,10 +306,13 @@ class APGDAttack(_FixedEpsLibraryAttack):
         steps: iterations (AutoAttack: 100; torchattacks' ``AutoAttack`` class uses 10).
         n_restarts: random restarts (AutoAttack standard: 1).
         rho: the step-size halving threshold (0.75).
+        criterion: None or top-1 (:class:`~paperlib.attacks.base.Misclassification`; ``top_k > 1`` is a
+            :class:`~paperlib.config.ConfigError`).
     """
 
     def __init__(self, *, norm: str = "linf", loss: str = "ce", steps: int = 100, n_restarts: int = 1,
-                 rho: float = 0.75) -> None:
+                 rho: float = 0.75, criterion: Optional[Misclassification] = None) -> None:
+        self.criterion = _top1_criterion("APGDAttack", criterion)
         self.norm = normalize_norm(norm)
         if loss not in ("ce", "dlr"):
             raise ConfigError(f"loss={loss!r} is not allowed; choose 'ce' or 'dlr'")
@@ -308,13 +342,16 @@ class APGDTargetedAttack(_FixedEpsLibraryAttack):
         n_target_classes: targets (AutoAttack: 9; at most the classes minus one). The targeted DLR loss
             needs at least 4 classes.
         rho: the step-size halving threshold (0.75).
+        criterion: None or top-1 (:class:`~paperlib.attacks.base.Misclassification`; ``top_k > 1`` is a
+            :class:`~paperlib.config.ConfigError`).
     """
 
     name = "apgd-t"
     _salt = 0xA97
 
     def __init__(self, *, norm: str = "linf", steps: int = 100, n_restarts: int = 1, n_target_classes: int = 9,
-                 rho: float = 0.75) -> None:
+                 rho: float = 0.75, criterion: Optional[Misclassification] = None) -> None:
+        self.criterion = _top1_criterion("APGDTargetedAttack", criterion)
         self.norm = normalize_norm(norm)
         self.steps = _check_int("steps", steps)
         self.n_restarts = _check_int("n_restarts", n_restarts)
@@ -342,13 +379,16 @@ class SquareAttack(_FixedEpsLibraryAttack):
         n_queries: model queries per image (AutoAttack: 5000).
         n_restarts: restarts (1).
         p_init: initial fraction of pixels changed per step (AutoAttack: 0.8).
+        criterion: None or top-1 (:class:`~paperlib.attacks.base.Misclassification`; ``top_k > 1`` is a
+            :class:`~paperlib.config.ConfigError`).
     """
 
     name = "square"
     _salt = 0x5C0
 
     def __init__(self, *, norm: str = "linf", n_queries: int = 5000, n_restarts: int = 1,
-                 p_init: float = 0.8) -> None:
+                 p_init: float = 0.8, criterion: Optional[Misclassification] = None) -> None:
+        self.criterion = _top1_criterion("SquareAttack", criterion)
         self.norm = normalize_norm(norm)
         self.n_queries = _check_int("n_queries", n_queries)
         self.n_restarts = _check_int("n_restarts", n_restarts)
@@ -364,20 +404,22 @@ class SquareAttack(_FixedEpsLibraryAttack):
                                    resc_schedule=True)
 
 
-def reference_attack(name: str, norm: str, *, steps: int = 100, n_queries: int = 5000, n_target_classes: int = 9):
+def reference_attack(name: str, norm: str, *, steps: int = 100, n_queries: int = 5000, n_target_classes: int = 9,
+                     criterion: Optional[Misclassification] = None):
     """The reference attack ``name`` (one of :data:`~paperlib.attacks.reference.REFERENCE_ATTACKS`) in ``norm`` with AutoAttack's settings
     (``steps`` iterations for FAB, FMN, DDN and APGD; ``n_queries`` for Square; ``n_target_classes`` for
-    APGD-T)."""
+    APGD-T); ``criterion``: None or top-1 (``top_k > 1`` is a :class:`~paperlib.config.ConfigError`)."""
+    c = {"criterion": criterion}
     if name == "fab":
-        return FABAttack(norm=norm, steps=steps)
+        return FABAttack(norm=norm, steps=steps, **c)
     if name == "fmn":
-        return FMNAttack(norm=norm, steps=steps)
+        return FMNAttack(norm=norm, steps=steps, **c)
     if name == "ddn":
-        return DDNAttack(norm=norm, steps=steps)
+        return DDNAttack(norm=norm, steps=steps, **c)
     if name == "apgd-ce":
-        return APGDAttack(norm=norm, loss="ce", steps=steps)
+        return APGDAttack(norm=norm, loss="ce", steps=steps, **c)
     if name == "apgd-t":
-        return APGDTargetedAttack(norm=norm, steps=steps, n_target_classes=n_target_classes)
+        return APGDTargetedAttack(norm=norm, steps=steps, n_target_classes=n_target_classes, **c)
     if name == "square":
-        return SquareAttack(norm=norm, n_queries=n_queries)
+        return SquareAttack(norm=norm, n_queries=n_queries, **c)
     raise ConfigError(f"reference attack {name!r} is not allowed; choose one of {', '.join(REFERENCE_ATTACKS)}")

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from paperlib.attacks.base import Attack, AttackResult
+from paperlib.attacks.base import Attack, AttackResult, Misclassification
 from paperlib.attacks.boundary import BoundaryAttack
 from paperlib.attacks.checks import Check, run_checks
 from paperlib.attacks.cw import CarliniWagnerL2
@@ -177,6 +177,11 @@ class AttackConfig:
         logbarrier_stall, logbarrier_outer_patience: LogBarrier's ``stall`` and ``outer_patience`` (with
             ``logbarrier_patience``; defaults 'distance' and 1, the rules the cheap budgets were measured with;
             see :class:`~paperlib.attacks.logbarrier.LogBarrierAttack`).
+        top_k: the adversarial criterion of every attack, top-``k`` misclassification
+            (:class:`~paperlib.attacks.base.Misclassification`; 1: top-1, the committed runs; the imagenet
+            profile uses 5, as its bounds' ``top_k``). Success, the best distances and the empirical error are
+            then top-k. The library reference attacks are top-1 only: ``top_k > 1`` with
+            ``reference_attacks`` is a :class:`~paperlib.config.ConfigError`.
 
     :meth:`~paperlib.attacks.suite.AttackConfig.cheap` is the recommended configuration for the grid evaluation
     (:data:`~paperlib.attacks.suite.CHEAP_BUDGETS`).
@@ -234,6 +239,7 @@ class AttackConfig:
     boundary_low_freq: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
     logbarrier_linf_dt: float = field(default=0.0, metadata={OMIT_AT_DEFAULT: True})
     logbarrier_outer_patience: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
+    top_k: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         attacks = tuple(self.attacks) if not isinstance(self.attacks, str) else (self.attacks,)
@@ -308,6 +314,10 @@ class AttackConfig:
                 raise ConfigError(f"{name}={v!r} must be an integer")
             (check_positive if name in ("boundary_every", "boundary_low_freq") else check_nonnegative)(name, v)
         self._check_reference()
+        Misclassification(self.top_k)  # a ConfigError for anything but an integer >= 1
+        if self.top_k > 1 and self.reference_attacks:
+            raise ConfigError(f"top_k={self.top_k} with reference_attacks={self.reference_attacks}: the library "
+                              "reference attacks are top-1 only; use top_k=1 or no reference attacks")
 
     def _check_reference(self) -> None:
         """Validate and normalize the reference-attack fields (tuples in canonical order)."""
@@ -352,7 +362,7 @@ class AttackConfig:
     def build_reference(self, attack: str, norm: str) -> Attack:
         """The reference attack object for one reference job (AutoAttack's settings)."""
         return reference_attack(attack, norm, steps=self.reference_steps, n_queries=self.reference_queries,
-                                n_target_classes=self.reference_targets)
+                                n_target_classes=self.reference_targets, criterion=Misclassification(self.top_k))
 
     @classmethod
     def cheap(cls, **overrides: Any) -> "AttackConfig":
@@ -389,14 +399,16 @@ class AttackConfig:
             early_stop_tol=self.early_stop_tol / factor if stopping else self.early_stop_tol)
 
     def build(self, attack: str, norm: str) -> Attack:
-        """The attack object for one job."""
+        """The attack object for one job, with the criterion ``Misclassification(top_k)``."""
+        criterion = Misclassification(self.top_k)
         if attack == "pgd":
             return MinimalPGD(norm=norm, steps=self.pgd_steps, search_steps=self.pgd_search_steps, loss=self.pgd_loss,
                               growth=float(self.pgd_growth), search_tol=self.pgd_search_tol,
-                              patience=self.pgd_patience, tol=self.early_stop_tol)
+                              patience=self.pgd_patience, tol=self.early_stop_tol, criterion=criterion)
         if attack == "cw":
             return CarliniWagnerL2(steps=self.cw_steps, binary_search_steps=self.cw_binary_search_steps,
-                                   squeeze=self.cw_squeeze, patience=self.cw_patience, tol=self.early_stop_tol)
+                                   squeeze=self.cw_squeeze, patience=self.cw_patience, tol=self.early_stop_tol,
+                                   criterion=criterion)
         if attack == "boundary":
             return BoundaryAttack(steps=self.boundary_steps, init_starts=self.boundary_init_starts,
                                   sph_window=self.boundary_sph_window, step_window=self.boundary_step_window,
@@ -404,7 +416,7 @@ class AttackConfig:
                                   spherical_step=float(self.boundary_initial_step),
                                   source_step=float(self.boundary_initial_step),
                                   patience=self.boundary_patience, tol=self.early_stop_tol,
-                                  low_freq=self.boundary_low_freq)
+                                  low_freq=self.boundary_low_freq, criterion=criterion)
         if attack == "logbarrier":
             linf = norm == "linf"
             outer = self.logbarrier_linf_outer if linf and self.logbarrier_linf_outer else self.logbarrier_outer
@@ -414,7 +426,7 @@ class AttackConfig:
                                     linf_step=self.logbarrier_linf_step, refine_steps=self.logbarrier_refine_steps,
                                     patience=self.logbarrier_patience, tol_stop=self.early_stop_tol,
                                     init_growth=float(self.logbarrier_init_growth), stall=self.logbarrier_stall,
-                                    outer_patience=self.logbarrier_outer_patience)
+                                    outer_patience=self.logbarrier_outer_patience, criterion=criterion)
         raise ConfigError(f"attack={attack!r} is not allowed; choose one of {', '.join(ATTACKS)}")
 
 
