@@ -22,6 +22,7 @@ from paperlib.attacks.base import (
     FixedEpsilonAttack,
     ImageNoise,
     MinimizationAttack,
+    Misclassification,
     image_keys,
 )
 from paperlib.attacks.boundary import BoundaryAttack
@@ -39,7 +40,8 @@ from paperlib.attacks.reference import (
 )
 
 __all__ = [
-    "Attack", "AttackResult", "FixedEpsilonAttack", "MinimizationAttack", "ImageNoise", "image_keys",
+    "Attack", "AttackResult", "FixedEpsilonAttack", "MinimizationAttack", "Misclassification", "ImageNoise",
+    "image_keys",
     "PGD", "L2PGD", "LinfPGD", "MinimalPGD", "CarliniWagnerL2", "BoundaryAttack", "LogBarrierAttack",
     "Norm", "L2", "Linf", "get_norm",
     "FABAttack", "FMNAttack", "DDNAttack", "APGDAttack", "APGDTargetedAttack", "SquareAttack",

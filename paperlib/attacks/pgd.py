@@ -35,10 +35,9 @@ __all__ = ["PGD", "LinfPGD", "L2PGD", "MinimalPGD", "pgd_in_ball", "margin_loss"
 
 
 def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """Summed Carlini-Wagner margin ``max_{i != y} Z_i - Z_y`` of logits ``[B, K]`` (positive = misclassified)."""
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
-    return (other - z_y).sum()
+    """Summed Carlini-Wagner margin ``max_{i != y} Z_i - Z_y`` of logits ``[B, K]`` (positive = misclassified):
+    minus the top-1 criterion's :meth:`~paperlib.attacks.base.Misclassification.margin`, summed."""
+    return -Misclassification().margin(logits, y).sum()
 
 
 def _ce(logits: Tensor, y: Tensor) -> Tensor:
