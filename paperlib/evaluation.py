@@ -43,12 +43,12 @@ _EVAL = {
 
 #: The recommended attack budgets for the grid evaluation (:meth:`~paperlib.attacks.suite.AttackConfig.cheap`),
 #: chosen with ``benchmarks/bench_attack_budget.py`` on runs/fmnist/undefended and runs/fmnist/fd-l2-lam1-h0.01,
-#: the first 100 images of the fmnist draw, 1 thread, machine load 4.0-6.5 on 2 cores (record:
-#: benchmarks/records/attack_budget.json). Measured: 3,799 and 3,648 model passes per image for the whole suite
-#: (today's fmnist budgets: 9,185 and 8,572), so the 3,000 target is missed by 27 % / 22 % (see below for what
-#: the passes buy); median best distance x0.986 / x1.003 in l2 and x1.002 / x0.996 in linf of today's; 6 / 9 of
-#: 100 images more than 1 % farther than today in l2 (worst x1.30 / x1.14) and 6 / 1 in linf (worst x1.05 /
-#: x1.02); the convergence check (doubled budgets, first 50 images, tail 5 %) passes on both (1 of 44 and 0 of 37
+#: the first 100 images of the fmnist draw, 1 thread, machine load 2.4-3.8 on 2 cores (record:
+#: benchmarks/records/attack_budget.json, these budgets as they stand). Measured: 3,802 and 3,761 model passes per
+#: image for the whole suite (today's fmnist budgets: 9,185 and 8,572), so the 3,000 target is missed by 27 % /
+#: 25 % (see below for what the passes buy); median best distance x0.986 / x1.003 in l2 and x1.002 / x0.996 in
+#: linf of today's; 6 / 9 of 100 images more than 1 % farther than today in l2 (worst x1.30 / x1.12) and 6 / 1 in
+#: linf (worst x1.05 / x1.02); the convergence check (doubled budgets, first 50 images, tail 5 %) passes on both (1 of 44 and 0 of 37
 #: images improve by more than 5 % in l2, none in linf).
 #:
 #: Against the minimum over the reference attacks (FAB l2 and linf, FMN linf, DDN l2 at 100 steps,
