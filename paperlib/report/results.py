@@ -46,7 +46,7 @@ from paperlib.report import paper
 from paperlib.reproduce import SMOOTHING_MODELS, diverged_note, stage_seconds, stage_subrun
 from paperlib.reproduce import evaluation_configs as profile_evaluation_configs
 from paperlib.reproduce import grid as profile_grid
-from paperlib.runs import RunStore, default_runs_dir, finished_dir
+from paperlib.runs import RunStore, default_runs_dir
 from paperlib.training import run_name
 
 __all__ = [
@@ -84,6 +84,8 @@ class ModelResults:
         bounds: ``{'l2': BoundsResult, 'linf': BoundsResult}`` for the norms that ran.
         certify: the randomized-smoothing :class:`~paperlib.bounds.smoothing.CertifyResult` or None.
         seconds: wall seconds per stage as ``paperlib reproduce`` measured them (``timings/<key>.json``).
+        subruns: the names of the sub-runs loaded into ``suite``, ``bounds`` and ``certify`` (those the pages
+            read; other finished sub-runs of the model, e.g. another evaluation scale's, are not listed).
     """
 
     key: str
@@ -96,6 +98,7 @@ class ModelResults:
     bounds: dict[str, Any] = field(default_factory=dict)
     certify: Any = None
     seconds: dict[str, float] = field(default_factory=dict)
+    subruns: list[str] = field(default_factory=list)
 
 
 def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> dict[str, ModelResults]:
@@ -117,13 +120,16 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> di
         sub = stage_subrun(run, evals["attack"])
         if sub.is_finished():
             res.suite = load_suite(sub)
+            res.subruns.append(sub.path.name)
         for norm in ("l2", "linf"):
             sub = stage_subrun(run, evals[f"bound-{norm}"])
             if sub.is_finished():
                 res.bounds[norm] = load_bounds(sub)
+                res.subruns.append(sub.path.name)
         sub = stage_subrun(run, evals["certify"])
         if key in SMOOTHING_MODELS and sub.is_finished():
             res.certify = load_certify(sub)
+            res.subruns.append(sub.path.name)
         out[key] = res
     return out
 
@@ -506,13 +512,14 @@ def fmt(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
 
 def run_ids(grid: dict[str, ModelResults], keys: Sequence[str] | None = None) -> pd.DataFrame:
-    """Which run each row comes from: grid key, run id, attack/bounds/certify sub-run names, images."""
+    """Which run each row comes from: grid key, run id, the attack/bounds/certify sub-runs loaded into the grid
+    (:attr:`~paperlib.report.results.ModelResults.subruns`), images."""
     rows = []
     for k in keys if keys is not None else grid:
         m = grid.get(k)
         if m is None:
             continue
-        subs = sorted(p.name for p in m.path.iterdir() if p.is_dir() and finished_dir(p))
+        subs = sorted(m.subruns)  # the sub-runs this grid's pages read, not every finished one on disk
         n = int(m.suite.best["image"].nunique()) if m.suite is not None else 0
         rows.append({"row": k, "run": m.run_id, "sub-runs": ", ".join(subs), "attacked images": n})
     return pd.DataFrame(rows).set_index("row") if rows else pd.DataFrame()
