@@ -513,7 +513,7 @@ def fmt(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
 
 def run_ids(grid: dict[str, ModelResults], keys: Sequence[str] | None = None) -> pd.DataFrame:
     """Which run each row comes from: grid key, run id, the attack/bounds/certify sub-runs loaded into the grid
-    (:attr:`~paperlib.report.results.ModelResults.subruns`), images."""
+    (``subruns`` of :class:`~paperlib.report.results.ModelResults`), images."""
     rows = []
     for k in keys if keys is not None else grid:
         m = grid.get(k)
