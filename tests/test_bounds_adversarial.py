@@ -274,3 +274,82 @@ def test_the_fmnist_profile_configs_hash_as_the_committed_runs(stage, subrun):
     stored = json.loads((ROOT / "runs/fmnist/undefended" / subrun / "config.json").read_text())
     assert config_hash(cfg) == stored["hash"]
     assert config_hash(config_from_dict(type(cfg), stored["config"])) == stored["hash"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The warm start: the ascent continues outward from radius to radius
+# --------------------------------------------------------------------------------------------------
+
+
+def _residual(model, x, y, v):
+    """``l(x+v) - l(x) - <v, grad l(x)>`` of the margin loss, per image (float64 model)."""
+    from paperlib.losses import margin_loss
+
+    xg = x.clone().requires_grad_(True)
+    lx = margin_loss(model(xg), y)
+    (g,) = torch.autograd.grad(lx.sum(), xg)
+    with torch.no_grad():
+        return margin_loss(model(x + v), y) - lx.detach() - (v * g).flatten(1).sum(dim=1)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_warm_start_is_start_zero_and_the_best_point_attains_the_largest_residual(norm):
+    model, x, y, _ = _mlp_problem()
+    eps = 0.3 if norm == "l2" else 0.1
+    from paperlib.norms import get_norm, perturb_in_box
+
+    ball = get_norm(norm)
+    warm = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)  # any size
+    feasible = perturb_in_box(x, ball.project(warm, eps))
+    at_start = ascent_residuals(model, x, y, eps, norm, steps=0, starts=3, generator=make_generator(1), warm=warm)
+    torch.testing.assert_close(at_start[:, 0], _residual(model, x, y, feasible), rtol=0, atol=1e-12)
+    out, best = ascent_residuals(model, x, y, eps, norm, steps=4, starts=3, generator=make_generator(1),
+                                 warm=warm, return_best=True)
+    assert (out[:, 0] >= at_start[:, 0] - 1e-12).all()  # the best iterate of start 0 is at least its start
+    torch.testing.assert_close(_residual(model, x, y, best), out.max(dim=1).values, rtol=0, atol=1e-12)
+    assert (ball.norm(best) <= eps * (1 + 1e-9)).all()
+    assert ((x + best) >= -1e-12).all() and ((x + best) <= 1 + 1e-12).all()
+    with pytest.raises(ConfigError, match="one perturbation per image"):
+        ascent_residuals(model, x, y, eps, norm, steps=1, starts=2, generator=make_generator(1), warm=warm[:3])
+
+
+def test_warm_config_is_validated_hashed_and_resumes_with_the_same_result(tmp_path):
+    from paperlib.runs import RunStore
+
+    with pytest.raises(ConfigError, match="omega_ascent_warm"):
+        BoundConfig(omega_ascent_warm=1)
+    with pytest.raises(ConfigError, match="omega_ascent_steps > 0"):
+        BoundConfig(omega_ascent_warm=True)
+    kw = dict(norm="l2", n_images=20, omega_samples=2, grid_size=4, batch_size=8, radii=(0.1,),
+              omega_ascent_steps=3, omega_ascent_starts=3, omega_per_image=True, omega_method="empirical-max")
+    cold_cfg, cfg = BoundConfig(**kw), BoundConfig(**kw, omega_ascent_warm=True)
+    assert config_hash(cfg) != config_hash(cold_cfg)
+    model, x, y, idx = _mlp_problem()
+
+    class Counting(nn.Module):
+        """The model, counting forward passes and raising once ``budget`` (None: never) is spent."""
+
+        def __init__(self, budget=None):
+            super().__init__()
+            self.inner, self.budget, self.calls = model, budget, 0
+
+        def forward(self, inp):
+            if self.budget is not None and self.calls == self.budget:
+                raise KeyboardInterrupt
+            self.calls += 1
+            return self.inner(inp)
+
+    counter = Counting()
+    reference = run_bounds(counter, x, y, idx, cfg, progress=False)
+    run = RunStore(tmp_path).run("smoke", "toy", {"model": "mlp"}).subrun("bounds-l2", cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run_bounds(Counting(counter.calls // 2), x, y, idx, cfg, run, progress=False)
+    done = run.load_checkpoint()["done"]
+    assert 0 < len(done) < len(reference.evt["omega"])
+    resumed = run_bounds(model, x, y, idx, cfg, run, progress=False)
+    pd.testing.assert_frame_equal(resumed.table, reference.table)
+    assert [e["omega"] for e in resumed.evt["omega_adversarial"]] == \
+        [e["omega"] for e in reference.evt["omega_adversarial"]]
+    cold = run_bounds(model, x, y, idx, cold_cfg, progress=False)
+    assert cold.metrics["cost"]["omega_adversarial"]["forward_backward_per_image"] == \
+        reference.metrics["cost"]["omega_adversarial"]["forward_backward_per_image"]  # the same cost

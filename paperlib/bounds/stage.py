@@ -119,6 +119,9 @@ class BoundConfig:
         omega_ascent_starts: starts of the ascent per image and radius (see the adversarial module).
         omega_per_image: also bound every image with its own adversarial omega (the largest residual found
             around that image, an empirical maximum; ``omega_distance_adversarial_per_image``).
+        omega_ascent_warm: start the ascent at each radius of the grid (in increasing order) from the best point
+            it found at the previous radius, scaled out to the new one, in place of one random start
+            (``ascent_residuals(warm=...)``): the same cost, a stronger per-image omega.
         evt_maxima: None: batch maxima over ``lipschitz_batch`` / ``omega_batch_images`` images (6 maxima at
             60 images, too few for a fit). A number m: pool every sample (all images, all perturbations / all
             gradient samples) and take maxima of batches of ``n_samples // m`` samples, so at least m maxima
@@ -166,6 +169,7 @@ class BoundConfig:
     omega_ascent_steps: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
     omega_ascent_starts: int = field(default=4, metadata={OMIT_AT_DEFAULT: True})
     omega_per_image: bool = field(default=False, metadata={OMIT_AT_DEFAULT: True})
+    omega_ascent_warm: bool = field(default=False, metadata={OMIT_AT_DEFAULT: True})
     evt_maxima: int | None = field(default=None, metadata={OMIT_AT_DEFAULT: True})
     lipschitz_samples: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
     omega_extend: float | None = field(default=None, metadata={OMIT_AT_DEFAULT: True})
@@ -210,6 +214,10 @@ class BoundConfig:
             raise ConfigError(f"omega_per_image={self.omega_per_image!r} must be true or false")
         if self.omega_per_image and self.omega_ascent_steps == 0:
             raise ConfigError("omega_per_image=True needs the adversarial estimator (omega_ascent_steps > 0)")
+        if not isinstance(self.omega_ascent_warm, bool):
+            raise ConfigError(f"omega_ascent_warm={self.omega_ascent_warm!r} must be true or false")
+        if self.omega_ascent_warm and self.omega_ascent_steps == 0:
+            raise ConfigError("omega_ascent_warm=True needs the adversarial estimator (omega_ascent_steps > 0)")
         if self.evt_maxima is not None:
             _int_field(self, "evt_maxima", 3)
         _int_field(self, "lipschitz_samples", 1)
@@ -329,6 +337,8 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
             if state.get("ascent") is not None and state["ascent"][j] is not None:
                 rec["ascent"] = state["ascent"][j]
             records[int(k)] = rec
+        if state.get("ascent_best") is not None:  # the warm start of the next radius (only the last is kept)
+            records[int(state["ascent_best_k"])]["ascent_best"] = state["ascent_best"]
 
     def save() -> None:
         if run is None:
@@ -338,6 +348,8 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
             "kind": "bounds-omega", "done": done, "maxima": [records[i]["random"].max(dim=1).values for i in done],
             "random": [records[i]["random"] for i in done], "eps": [records[i].get("eps") for i in done],
             "ascent": [records[i].get("ascent") for i in done],
+            "ascent_best_k": done[-1] if done else None,
+            "ascent_best": records[done[-1]].get("ascent_best") if done else None,
         })
 
     def measure(k: int, eps: float) -> None:
@@ -354,9 +366,18 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
         rec = {"eps": float(eps), "random": res}
         if cfg.adversarial:
             t = time.perf_counter()
-            rec["ascent"] = ascent_residuals(
+            warm = None
+            if cfg.omega_ascent_warm and k > 0:
+                prev = records[k - 1]  # radii are measured in increasing order, so k - 1 is done
+                if prev.get("ascent_best") is None:
+                    raise RuntimeError(f"the warm start of radius {k} (the best point at radius {k - 1}) is missing")
+                warm = prev["ascent_best"] * (float(eps) / prev["eps"])
+            rec["ascent"], rec["ascent_best"] = ascent_residuals(
                 model, xo, yo, float(eps), cfg.norm, steps=cfg.omega_ascent_steps, starts=cfg.omega_ascent_starts,
-                generator=_seeded(cfg.seed, k, 1), loss_fn=loss_fn, clip=cfg.clip, batch_size=cfg.batch_size)
+                generator=_seeded(cfg.seed, k, 1), loss_fn=loss_fn, clip=cfg.clip, batch_size=cfg.batch_size,
+                warm=warm, return_best=True)
+            if k > 0:
+                records[k - 1].pop("ascent_best", None)  # only the latest radius's point is needed
             charge("omega_adversarial", time.perf_counter() - t, n_omega,
                    fb=1 + ascent_passes(cfg.omega_ascent_steps, cfg.omega_ascent_starts))
         records[k] = rec
