@@ -111,7 +111,9 @@ CHEAP_ATTACK_BUDGETS: dict[str, Any] = dict(
 #: The bound estimators recommended for the grid evaluation (issue-tracked as "bounds that hold"): the adversarial
 #: omega (projected gradient ascent on the first-order residual, 4 starts x 10 steps, per image as well as the
 #: supremum), 50 batch maxima for the extreme-value fits, 10 Lipschitz samples per image, the omega-distance search
-#: extended until the bound is found, and the bounded (Weibull-type) tail.
+#: extended until the bound is found, and the bounded (Weibull-type) tail. These are the settings the committed
+#: paper-scale bounds were computed with; the warm-started ascent (``omega_ascent_warm``) is stronger at the same
+#: cost but not yet among them (``benchmarks/records/omega_ascent-*.json``).
 BOUND_ESTIMATORS: dict[str, Any] = dict(omega_ascent_steps=10, omega_ascent_starts=4, omega_per_image=True,
                                         evt_maxima=50, lipschitz_samples=10, omega_extend=1.25, evt_tail="bounded")
 
