@@ -213,6 +213,8 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
             out = _timed(times, stage, fn, *args, sub, **kwargs)
             if not was:
                 computed[stage] = computed.get(stage, 0.0) + time.perf_counter() - t0
+                # At once, so a process stopped in a later stage keeps this one's seconds.
+                _record_timing(store.root / profile, key, computed, tag)
             return out
 
         if "attack" in stages:

@@ -126,3 +126,18 @@ def test_extra_training_seeds_train_beside_the_grid_and_reload(tmp_path):
     for bad in ((), (-1,), (1.5,)):
         with pytest.raises(ConfigError):
             reproduce("smoke", tmp_path, stages=("train",), only=["undefended"], seeds=bad, progress=False)
+
+
+@requires_fmnist
+def test_a_stage_keeps_its_seconds_when_the_process_stops_in_a_later_one(tmp_path, monkeypatch):
+    import paperlib.reproduce as rep
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rep, "run_certify", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce("smoke", tmp_path, stages=("train", "bound", "certify"), only=["undefended"], progress=False,
+                  log=lambda _: None)
+    seconds = stage_seconds(tmp_path / "smoke")["undefended"]
+    assert set(seconds) == {"train", "bound"} and min(seconds.values()) > 0
