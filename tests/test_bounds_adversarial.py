@@ -353,3 +353,69 @@ def test_warm_config_is_validated_hashed_and_resumes_with_the_same_result(tmp_pa
     cold = run_bounds(model, x, y, idx, cold_cfg, progress=False)
     assert cold.metrics["cost"]["omega_adversarial"]["forward_backward_per_image"] == \
         reference.metrics["cost"]["omega_adversarial"]["forward_backward_per_image"]  # the same cost
+
+
+# --------------------------------------------------------------------------------------------------
+# The refinement from above: each image's own bound moves down while a refined ascent still refutes it
+# --------------------------------------------------------------------------------------------------
+
+REFINE = dict(norm="l2", n_images=20, omega_samples=2, grid_size=8, batch_size=8, radii=(0.1,), eps_max=1.0,
+              omega_ascent_steps=1, omega_ascent_starts=1, omega_per_image=True, omega_method="empirical-max",
+              omega_ascent_warm=True)
+
+
+def test_refinement_only_lowers_the_own_bounds_keeps_them_above_the_shared_one_and_is_charged():
+    with pytest.raises(ConfigError, match="omega_per_image=True"):
+        BoundConfig(omega_ascent_steps=2, omega_refine_steps=5)
+    with pytest.raises(ConfigError, match="omega_refine_steps"):
+        BoundConfig(omega_ascent_steps=2, omega_per_image=True, omega_refine_steps=-1)
+    model, x, y, idx = _mlp_problem()
+    plain = run_bounds(model, x, y, idx, BoundConfig(**REFINE), progress=False)
+    refined = run_bounds(model, x, y, idx, BoundConfig(**REFINE, omega_refine_steps=20), progress=False)
+    col = "omega_distance_adversarial_per_image"
+    before, after = plain.table[col].to_numpy(), refined.table[col].to_numpy()
+    assert (after <= before + 1e-12).all()  # residuals are only added: no bound goes up
+    assert (after < before - 1e-12).any()  # and on this problem some go down
+    assert (refined.table[col] >= refined.table["omega_distance_adversarial"] - 1e-12).all()
+    pd.testing.assert_series_equal(refined.table["omega_distance"], plain.table["omega_distance"])  # paper's: same
+    cost = refined.metrics["cost"]["omega_refine"]
+    assert cost["forward_backward_per_image"] > 0 and "omega_refine" not in plain.metrics["cost"]
+
+
+def test_refinement_resumes_with_the_same_result(tmp_path):
+    from paperlib.runs import RunStore
+
+    cfg = BoundConfig(**REFINE, omega_refine_steps=20)
+    model, x, y, idx = _mlp_problem()
+
+    class Counting(nn.Module):
+        def __init__(self, budget=None):
+            super().__init__()
+            self.inner, self.budget, self.calls = model, budget, 0
+
+        def forward(self, inp):
+            if self.budget is not None and self.calls == self.budget:
+                raise KeyboardInterrupt
+            self.calls += 1
+            return self.inner(inp)
+
+    grid_only, full = Counting(), Counting()
+    run_bounds(grid_only, x, y, idx, dataclasses_replace(cfg, omega_refine_steps=0), progress=False)
+    reference = run_bounds(full, x, y, idx, cfg, progress=False)
+    assert full.calls > grid_only.calls + 10  # the refinement takes passes of its own
+    for stop in (grid_only.calls + 5, (grid_only.calls + full.calls) // 2, full.calls - 3):
+        run = RunStore(tmp_path / str(stop)).run("smoke", "toy", {"model": "mlp"}).subrun("bounds-l2", cfg)
+        with pytest.raises(KeyboardInterrupt):  # stopped inside the refinement
+            run_bounds(Counting(stop), x, y, idx, cfg, run, progress=False)
+        if stop == full.calls - 3:  # a refinement round was saved
+            assert run.load_checkpoint()["refine"]
+        resumed = run_bounds(model, x, y, idx, cfg, run, progress=False)
+        pd.testing.assert_frame_equal(resumed.table, reference.table)
+        assert [e["omega"] for e in resumed.evt["omega_adversarial"]] == \
+            [e["omega"] for e in reference.evt["omega_adversarial"]]
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)

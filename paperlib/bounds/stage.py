@@ -8,14 +8,15 @@
 3. ``omega(eps)`` at every radius of the config's grid, from the paper's uniform samples and, when asked, the
    adversarial ascent (:mod:`paperlib.bounds.omega`, :mod:`paperlib.bounds.adversarial`), floored at 0 and made
    non-decreasing along the grid; the omega distance of every image, the grid extended while images are still
-   certified at its end when asked;
+   certified at its end when asked; when asked, each image's own (per-image) omega-bound refined from above,
+   starting from the point that made it fail (``BoundConfig.omega_refine_steps``);
 4. the certified error of each bound at the reporting radii (:func:`paperlib.metrics.certified_error`) and the
    summary numbers of ``metrics.json``.
 
 It writes ``bounds.csv`` (one row per image), ``evt.json`` (every fit), ``certified_error.csv`` and
 ``metrics.json`` to a sub-run ``bounds-<norm>`` of the trained model's run (:func:`bounds_run_name`, registered
 with :mod:`paperlib.stages`); a finished run with the same config is loaded instead of recomputed
-(:func:`load_bounds`), a partial one resumes from its checkpoint (one per grid radius).
+(:func:`load_bounds`), a partial one resumes from its checkpoint (one per grid radius and refinement round).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from paperlib.config import (
     config_from_dict,
     normalize_norm,
 )
-from paperlib.losses import LOSSES, get_loss
+from paperlib.losses import LOSSES, MARGIN_L0, get_loss
 from paperlib.bounds.adversarial import ascent_passes, ascent_residuals
 from paperlib.bounds.evt import GEVFit, estimate_label, estimate_supremum
 from paperlib.bounds.lipschitz import ball_gradient_norms, l_bound, lipschitz_constant
@@ -122,6 +123,13 @@ class BoundConfig:
         omega_ascent_warm: start the ascent at each radius of the grid (in increasing order) from the best point
             it found at the previous radius, scaled out to the new one, in place of one random start
             (``ascent_residuals(warm=...)``): the same cost, a stronger per-image omega.
+        omega_refine_steps: > 0 refines every image's own omega-bound from above after the grid: where the bound
+            first fails at grid radius ``r_j``, the ascent point that made it fail is projected onto the ball of
+            the next smaller radius ``r_{j-1}`` and ascended this many more steps there (one start); if the
+            residual found makes the bound fail at ``r_{j-1}`` too, the image moves down one radius and the
+            refinement repeats from the new point, else it stops. Every residual is attained at a feasible
+            point, so the per-image omega stays a lower bound on the true one; the shared (supremum) estimate
+            at each radius is raised to at least the largest refined residual there.
         evt_maxima: None: batch maxima over ``lipschitz_batch`` / ``omega_batch_images`` images (6 maxima at
             60 images, too few for a fit). A number m: pool every sample (all images, all perturbations / all
             gradient samples) and take maxima of batches of ``n_samples // m`` samples, so at least m maxima
@@ -170,6 +178,7 @@ class BoundConfig:
     omega_ascent_starts: int = field(default=4, metadata={OMIT_AT_DEFAULT: True})
     omega_per_image: bool = field(default=False, metadata={OMIT_AT_DEFAULT: True})
     omega_ascent_warm: bool = field(default=False, metadata={OMIT_AT_DEFAULT: True})
+    omega_refine_steps: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
     evt_maxima: int | None = field(default=None, metadata={OMIT_AT_DEFAULT: True})
     lipschitz_samples: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
     omega_extend: float | None = field(default=None, metadata={OMIT_AT_DEFAULT: True})
@@ -218,6 +227,9 @@ class BoundConfig:
             raise ConfigError(f"omega_ascent_warm={self.omega_ascent_warm!r} must be true or false")
         if self.omega_ascent_warm and self.omega_ascent_steps == 0:
             raise ConfigError("omega_ascent_warm=True needs the adversarial estimator (omega_ascent_steps > 0)")
+        _int_field(self, "omega_refine_steps", 0)
+        if self.omega_refine_steps and not self.omega_per_image:
+            raise ConfigError("omega_refine_steps > 0 refines the per-image omega: it needs omega_per_image=True")
         if self.evt_maxima is not None:
             _int_field(self, "evt_maxima", 3)
         _int_field(self, "lipschitz_samples", 1)
@@ -328,6 +340,12 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
     xo, yo = x[:n_omega], y[:n_omega]
     state = run.load_checkpoint() if run is not None else None
     records: dict[int, dict[str, Any]] = {}
+    # The refinement from above (omega_refine_steps): per image the first grid index where its own omega-bound
+    # fails (-1: none yet) and the ascent point that made it fail; per radius the refined residuals (-inf: not
+    # refined there) and which images were refined there.
+    refuted: dict[str, Any] = {"k": torch.full((n_omega,), -1, dtype=torch.long), "v": None}
+    refine: dict[int, torch.Tensor] = {}
+    refined: dict[int, torch.Tensor] = {}
     if state is not None and state.get("kind") == "bounds-omega":
         for j, k in enumerate(state["done"]):
             rec: dict[str, Any] = {"random": (state["random"][j] if state.get("random") is not None
@@ -339,6 +357,10 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
             records[int(k)] = rec
         if state.get("ascent_best") is not None:  # the warm start of the next radius (only the last is kept)
             records[int(state["ascent_best_k"])]["ascent_best"] = state["ascent_best"]
+        if state.get("refuted_k") is not None:
+            refuted["k"], refuted["v"] = state["refuted_k"], state["refuted_v"]
+            refine.update({int(k): v for k, v in state["refine"].items()})
+            refined.update({int(k): v for k, v in state["refined"].items()})
 
     def save() -> None:
         if run is None:
@@ -350,6 +372,8 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
             "ascent": [records[i].get("ascent") for i in done],
             "ascent_best_k": done[-1] if done else None,
             "ascent_best": records[done[-1]].get("ascent_best") if done else None,
+            **({"refuted_k": refuted["k"], "refuted_v": refuted["v"], "refine": refine, "refined": refined}
+               if cfg.omega_refine_steps else {}),
         })
 
     def measure(k: int, eps: float) -> None:
@@ -381,7 +405,65 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
             charge("omega_adversarial", time.perf_counter() - t, n_omega,
                    fb=1 + ascent_passes(cfg.omega_ascent_steps, cfg.omega_ascent_starts))
         records[k] = rec
+        if cfg.omega_refine_steps:
+            track_refuted(k)
         save()
+
+    loss_o, gnorm_o = stats.loss[:n_omega].double(), gnorm[:n_omega].double()
+
+    def own_omega() -> torch.Tensor:
+        """Per-image omega ``[n_omega, K]`` at the radii measured so far (refinements included), cummax."""
+        cols = []
+        for k in range(len(records)):
+            col = torch.cat([records[k]["random"], records[k]["ascent"]], dim=1).max(dim=1).values
+            if k in refine:
+                col = torch.maximum(col, refine[k])
+            cols.append(col.clamp_min(0.0))
+        return torch.stack(cols, dim=1).cummax(dim=1).values
+
+    def own_certified(om: torch.Tensor, k: int) -> torch.Tensor:
+        return (loss_o < MARGIN_L0) & (MARGIN_L0 - loss_o - om[:, k] >= grid[k] * gnorm_o)
+
+    def track_refuted(k: int) -> None:
+        """After radius k: for the images whose own bound fails here first, keep the point that made it fail."""
+        new = (refuted["k"] < 0) & (loss_o < MARGIN_L0) & ~own_certified(own_omega(), k)
+        if refuted["v"] is None:
+            refuted["v"] = torch.zeros(xo.shape, dtype=records[k]["ascent_best"].dtype)
+        refuted["k"][new] = k
+        refuted["v"][new] = records[k]["ascent_best"][new]
+
+    def refine_from_above() -> None:
+        """Move each image's own bound down one radius at a time while a refined ascent, started from the point
+        that made it fail at the radius above, makes it fail again (BoundConfig.omega_refine_steps)."""
+        bar = tqdm(desc=f"omega refine({cfg.norm})", disable=not progress, leave=False)
+        while True:
+            om, k_img = own_omega(), refuted["k"]
+            cand = torch.zeros(n_omega, dtype=torch.bool)
+            for j in range(len(grid) - 1):
+                at = k_img == j + 1
+                if at.any():
+                    done_here = refined.get(j, torch.zeros(n_omega, dtype=torch.bool))
+                    cand |= at & ~done_here & own_certified(om, j)
+            if not cand.any():
+                break
+            t, passes = time.perf_counter(), 0
+            for j in sorted({int(k) - 1 for k in k_img[cand]}):
+                ids = (cand & (k_img == j + 1)).nonzero().view(-1)
+                res, best = ascent_residuals(
+                    model, xo[ids], yo[ids], float(grid[j]), cfg.norm, steps=cfg.omega_refine_steps, starts=1,
+                    generator=_seeded(cfg.seed, j, 2), loss_fn=loss_fn, clip=cfg.clip, batch_size=cfg.batch_size,
+                    warm=refuted["v"][ids], return_best=True)
+                col = refine.setdefault(j, torch.full((n_omega,), -float("inf"), dtype=torch.float64))
+                col[ids] = torch.maximum(col[ids], res[:, 0])
+                refined.setdefault(j, torch.zeros(n_omega, dtype=torch.bool))[ids] = True
+                failed = ~own_certified(own_omega(), j)[ids]
+                refuted["k"][ids[failed]] = j
+                refuted["v"][ids[failed]] = best[failed]
+                passes += ids.numel() * (1 + ascent_passes(cfg.omega_refine_steps, 1))
+            charge("omega_refine", time.perf_counter() - t, n_omega, fb=passes / n_omega)
+            save()
+            bar.update(int(cand.sum()))
+        bar.close()
 
     fits: dict[tuple[str, int], GEVFit] = {}
 
@@ -411,8 +493,10 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
             if cfg.adversarial:
                 fa = fit("adversarial", k)
                 raw_a = max(fa.value, 0.0)
-                # A larger estimate of the same supremum is also an estimate of it: never below the paper's.
-                run_a = max(run_a, raw_a, run_r)
+                # A larger estimate of the same supremum is also an estimate of it: never below the paper's,
+                # nor below a residual the per-image refinement attained at this radius.
+                ref = float(refine[k].max()) if k in refine else 0.0
+                run_a = max(run_a, raw_a, run_r, ref)
                 out["adversarial"].append({
                     "eps": float(eps), "omega": run_a, "omega_raw": raw_a, "estimator": estimate_label(fa),
                     "ascent_max": float(records[k]["ascent"].max()), "random_max": float(records[k]["random"].max()),
@@ -420,9 +504,7 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
         return out
 
     def per_image_omega() -> torch.Tensor:
-        cols = [torch.cat([records[k]["random"], records[k]["ascent"]], dim=1).max(dim=1).values.clamp_min(0.0)
-                for k in range(len(grid))]
-        return torch.stack(cols, dim=1).cummax(dim=1).values
+        return own_omega()
 
     def distances(ent: dict[str, list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
         d = {"omega_distance": omega_distance(stats.loss, gnorm, grid, [e["omega"] for e in ent["random"]])}
@@ -447,6 +529,10 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
             measure(len(grid) - 1, grid[-1])
             ent = entries()
             dist = distances(ent)
+    if cfg.omega_refine_steps:
+        refine_from_above()
+        ent = entries()
+        dist = distances(ent)
     top = grid[-1]
 
     lb = {m: l_bound(stats.loss.double(), lip[m].value) for m in lip}
