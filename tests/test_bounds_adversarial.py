@@ -276,6 +276,21 @@ def test_the_fmnist_profile_configs_hash_as_the_committed_runs(stage, subrun):
     assert config_hash(config_from_dict(type(cfg), stored["config"])) == stored["hash"]
 
 
+class Counting(nn.Module):
+    """``model``, counting its forward passes and raising KeyboardInterrupt once ``budget`` (None: never) are spent:
+    a process stopped at a chosen point of a bound stage."""
+
+    def __init__(self, model: nn.Module, budget: int | None = None):
+        super().__init__()
+        self.inner, self.budget, self.calls = model, budget, 0
+
+    def forward(self, inp):
+        if self.budget is not None and self.calls == self.budget:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return self.inner(inp)
+
+
 # --------------------------------------------------------------------------------------------------
 # The warm start: the ascent continues outward from radius to radius
 # --------------------------------------------------------------------------------------------------
@@ -326,24 +341,11 @@ def test_warm_config_is_validated_hashed_and_resumes_with_the_same_result(tmp_pa
     assert config_hash(cfg) != config_hash(cold_cfg)
     model, x, y, idx = _mlp_problem()
 
-    class Counting(nn.Module):
-        """The model, counting forward passes and raising once ``budget`` (None: never) is spent."""
-
-        def __init__(self, budget=None):
-            super().__init__()
-            self.inner, self.budget, self.calls = model, budget, 0
-
-        def forward(self, inp):
-            if self.budget is not None and self.calls == self.budget:
-                raise KeyboardInterrupt
-            self.calls += 1
-            return self.inner(inp)
-
-    counter = Counting()
+    counter = Counting(model)
     reference = run_bounds(counter, x, y, idx, cfg, progress=False)
     run = RunStore(tmp_path).run("smoke", "toy", {"model": "mlp"}).subrun("bounds-l2", cfg)
     with pytest.raises(KeyboardInterrupt):
-        run_bounds(Counting(counter.calls // 2), x, y, idx, cfg, run, progress=False)
+        run_bounds(Counting(model, counter.calls // 2), x, y, idx, cfg, run, progress=False)
     done = run.load_checkpoint()["done"]
     assert 0 < len(done) < len(reference.evt["omega"])
     resumed = run_bounds(model, x, y, idx, cfg, run, progress=False)
@@ -388,25 +390,14 @@ def test_refinement_resumes_with_the_same_result(tmp_path):
     cfg = BoundConfig(**REFINE, omega_refine_steps=20)
     model, x, y, idx = _mlp_problem()
 
-    class Counting(nn.Module):
-        def __init__(self, budget=None):
-            super().__init__()
-            self.inner, self.budget, self.calls = model, budget, 0
-
-        def forward(self, inp):
-            if self.budget is not None and self.calls == self.budget:
-                raise KeyboardInterrupt
-            self.calls += 1
-            return self.inner(inp)
-
-    grid_only, full = Counting(), Counting()
+    grid_only, full = Counting(model), Counting(model)
     run_bounds(grid_only, x, y, idx, dataclasses_replace(cfg, omega_refine_steps=0), progress=False)
     reference = run_bounds(full, x, y, idx, cfg, progress=False)
     assert full.calls > grid_only.calls + 10  # the refinement takes passes of its own
     for stop in (grid_only.calls + 5, (grid_only.calls + full.calls) // 2, full.calls - 3):
         run = RunStore(tmp_path / str(stop)).run("smoke", "toy", {"model": "mlp"}).subrun("bounds-l2", cfg)
         with pytest.raises(KeyboardInterrupt):  # stopped inside the refinement
-            run_bounds(Counting(stop), x, y, idx, cfg, run, progress=False)
+            run_bounds(Counting(model, stop), x, y, idx, cfg, run, progress=False)
         if stop == full.calls - 3:  # a refinement round was saved
             assert run.load_checkpoint()["refine"]
         resumed = run_bounds(model, x, y, idx, cfg, run, progress=False)
