@@ -113,9 +113,10 @@ CHEAP_ATTACK_BUDGETS: dict[str, Any] = dict(
 #: from the best point of the previous one, per image as well as the supremum), each image's own bound refined from
 #: above by 50 more ascent steps from the point that made it fail, 50 batch maxima for the extreme-value fits, 10
 #: Lipschitz samples per image, the omega-distance search extended until the bound is found, and the bounded
-#: (Weibull-type) tail. On the first 150 paper-scale images (l2) the per-image omega-bound exceeds an adversarial
-#: the attack suite found on 2.0% (undefended) and 1.3% (fd-l1-lam1-h0.1) of them, against 14.7% and 14.0% with
-#: the cold ascent alone, for 51-57 more passes per image (``benchmarks/records/omega_ascent-*.json``).
+#: (Weibull-type) tail. On the first 150 paper-scale images the per-image omega-bound exceeds an adversarial the
+#: attack suite found on 2.0% / 0.7% (undefended, l2 / linf) and 1.3% / 0.0% (fd-l1-lam1-h0.1) of them, against
+#: 14.7% / 8.7% and 14.0% / 8.0% with the cold ascent alone, for 50-57 more passes per image
+#: (``benchmarks/records/omega_ascent-*.json``).
 BOUND_ESTIMATORS: dict[str, Any] = dict(omega_ascent_steps=10, omega_ascent_starts=4, omega_per_image=True,
                                         omega_ascent_warm=True, omega_refine_steps=50,
                                         evt_maxima=50, lipschitz_samples=10, omega_extend=1.25, evt_tail="bounded")
