@@ -396,10 +396,12 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
                 if prev.get("ascent_best") is None:
                     raise RuntimeError(f"the warm start of radius {k} (the best point at radius {k - 1}) is missing")
                 warm = prev["ascent_best"] * (float(eps) / prev["eps"])
-            rec["ascent"], rec["ascent_best"] = ascent_residuals(
+            keep = cfg.omega_ascent_warm or cfg.omega_refine_steps > 0  # the best points are needed
+            out = ascent_residuals(
                 model, xo, yo, float(eps), cfg.norm, steps=cfg.omega_ascent_steps, starts=cfg.omega_ascent_starts,
                 generator=_seeded(cfg.seed, k, 1), loss_fn=loss_fn, clip=cfg.clip, batch_size=cfg.batch_size,
-                warm=warm, return_best=True)
+                warm=warm, return_best=keep)
+            rec["ascent"], rec["ascent_best"] = out if keep else (out, None)
             if k > 0:
                 records[k - 1].pop("ascent_best", None)  # only the latest radius's point is needed
             charge("omega_adversarial", time.perf_counter() - t, n_omega,
@@ -503,16 +505,13 @@ def _compute_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: tor
                     "fit": fa.to_dict()})
         return out
 
-    def per_image_omega() -> torch.Tensor:
-        return own_omega()
-
     def distances(ent: dict[str, list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
         d = {"omega_distance": omega_distance(stats.loss, gnorm, grid, [e["omega"] for e in ent["random"]])}
         if cfg.adversarial:
             d["omega_distance_adversarial"] = omega_distance(stats.loss, gnorm, grid,
                                                              [e["omega"] for e in ent["adversarial"]])
         if cfg.omega_per_image:
-            own = omega_distance(stats.loss[:n_omega], gnorm[:n_omega], grid, per_image_omega())
+            own = omega_distance(stats.loss[:n_omega], gnorm[:n_omega], grid, own_omega())
             full = torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
             full[:n_omega] = own
             d["omega_distance_adversarial_per_image"] = full
