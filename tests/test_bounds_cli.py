@@ -63,13 +63,15 @@ def test_bound_command_passes_the_estimator_options_to_the_bound_config(model_ru
     argv = ["bound", str(model_run), "--n-images", "6", "--omega-samples", "2", "--grid-size", "3",
             "--batch-size", "6", "--no-progress", "--omega-ascent-steps", "2", "--omega-ascent-starts", "1",
             "--omega-per-image", "--evt-maxima", "5", "--lipschitz-samples", "2", "--omega-extend", "2",
-            "--evt-tail", "bounded", "--norm", "linf", "--seed", "3"]
+            "--evt-tail", "bounded", "--norm", "linf", "--seed", "3", "--omega-ascent-warm",
+            "--omega-refine-steps", "3"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "mean_omega_distance_adversarial" in out
     stored = _stored(model_run / "bounds-linf")["config"]
     expected = dict(omega_ascent_steps=2, omega_ascent_starts=1, omega_per_image=True, evt_maxima=5,
-                    lipschitz_samples=2, omega_extend=2.0, evt_tail="bounded", norm="linf", seed=3)
+                    lipschitz_samples=2, omega_extend=2.0, evt_tail="bounded", norm="linf", seed=3,
+                    omega_ascent_warm=True, omega_refine_steps=3)
     assert {k: stored[k] for k in expected} == expected
 
 
@@ -137,6 +139,9 @@ def test_certify_n_of_ten_thousand_or_more_is_its_own_sub_run_beside_the_quick_o
         (["bound", "RUN", "--evt-tail", "heavy"], "evt_tail='heavy'"),
         (["bound", "RUN", "--omega-extend", "0.5"], "omega_extend=0.5 must be a number > 1"),
         (["bound", "RUN", "--omega-per-image"], "omega_per_image=True needs the adversarial estimator"),
+        (["bound", "RUN", "--omega-ascent-steps", "2", "--omega-refine-steps", "5"], "needs omega_per_image=True"),
+        (["bound", "RUN", "--omega-ascent-steps", "2", "--omega-per-image", "--omega-refine-steps", "-1"],
+         "omega_refine_steps"),
         (["bound", "RUN", "--device", "cuda:7"], "--device='cuda:7' is not available"),
         (["bound", "MISSING"], "does not exist"),
     ],

@@ -38,8 +38,8 @@ __all__ = ["add_parser", "cmd_bound", "cmd_certify"]
 
 #: ``paperlib bound`` options that are BoundConfig fields of the same name, taken from the command line when given
 BOUND_OPTIONS = ("norm", "image_seed", "top_k", "lipschitz", "omega_samples", "omega_images", "eps_max", "grid_size",
-                 "tail_prob", "seed", "omega_ascent_steps", "omega_ascent_starts", "omega_per_image", "evt_maxima",
-                 "lipschitz_samples", "omega_extend", "evt_tail")
+                 "tail_prob", "seed", "omega_ascent_steps", "omega_ascent_starts", "omega_per_image", "omega_ascent_warm",
+                 "omega_refine_steps", "evt_maxima", "lipschitz_samples", "omega_extend", "evt_tail")
 
 
 def _fmt(v: Any) -> str:
@@ -166,6 +166,10 @@ def add_parser(subparsers: Any) -> None:
                       "gradient ascent, this many steps)")
     for name in ("omega_ascent_starts", "omega_per_image"):
         add_config_option(a, BoundConfig, name)
+    add_config_option(a, BoundConfig, "omega_ascent_warm", help="start each radius's ascent from the best point of "
+                      "the previous one")
+    add_config_option(a, BoundConfig, "omega_refine_steps", help="> 0: refine each image's own bound from above, "
+                      "this many ascent steps per radius (needs --omega-per-image)")
     add_config_option(a, BoundConfig, "evt_maxima", help="pool the samples into at least this many batch maxima "
                       "for the GEV fits", default_text="none: per-batch maxima")
     add_config_option(a, BoundConfig, "lipschitz_samples")
