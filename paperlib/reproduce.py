@@ -42,7 +42,7 @@ from paperlib.bounds.stage import BoundConfig, run_bounds
 from paperlib.bounds.smoothing import CERTIFY_NAME_N, CertifyConfig, certify_grid_configs, run_certify
 from paperlib.config import ConfigError, check_choice, check_int, config_hash
 from paperlib.data import dataset_info, load_dataset, sample_images
-from paperlib.evaluation import _EVAL, CERTIFY_SIGMAS, SCALES, evaluation_budgets  # noqa: F401 (re-exported)
+from paperlib.evaluation import _EVAL, CERTIFY_SIGMAS, SCALES, evaluation_budgets, scale_training  # noqa: F401 (re-exported)
 from paperlib.runs import RunLockedError, RunStore, atomic_write_text
 from paperlib.stages import stage_subrun
 
@@ -125,7 +125,9 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
         only: restrict to these grid keys (default: the whole grid).
         progress: tqdm bars in each stage.
         log: where to print one line per finished step.
-        recipe, free_schedule: see :func:`grid`.
+        recipe, free_schedule: see :func:`grid`. Both None (the default) at ``scale='paper'``: the paper-scale
+            grid's training (:data:`~paperlib.evaluation.PAPER_SCALE_TRAINING`); give either to evaluate another
+            grid at paper scale (``recipe={}``: the profile's own).
         seeds: training seeds of every selected model (default ``(0,)``, the grid itself). A seed ``k > 0`` is
             the same model trained again with ``seed=k`` (run name suffix ``-seed<k>``, key ``<key>@seed<k>``),
             evaluated on the same images, so that training variance can be shown beside a comparison.
@@ -139,6 +141,9 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
     """
     for s in stages:
         check_choice("stage", s, STAGES)
+    check_choice("scale", scale, SCALES)
+    if recipe is None and free_schedule is None:
+        recipe, free_schedule = scale_training(profile, scale)
     configs = grid(profile, recipe, free_schedule)
     keys = list(configs)
     if only:
@@ -315,8 +320,9 @@ def _cmd(args: argparse.Namespace) -> int:
         seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
     except ValueError:
         raise ConfigError(f"--seeds {args.seeds!r} must be comma-separated integers >= 0, e.g. 0,1,2") from None
-    reproduce(args.profile, args.runs_dir, stages=stages, only=only, progress=args.progress, recipe=recipe,
-              free_schedule=args.free_schedule, scale=args.scale, seeds=seeds)
+    given = bool(recipe) or args.free_schedule is not None  # none given: the scale's own training
+    reproduce(args.profile, args.runs_dir, stages=stages, only=only, progress=args.progress,
+              recipe=recipe if given else None, free_schedule=args.free_schedule, scale=args.scale, seeds=seeds)
     return 0
 
 
@@ -332,9 +338,11 @@ def add_parser(subparsers) -> None:
                                                   "seed k > 0 trains '<key>@seed<k>' (run suffix -seed<k>)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--scale", default="profile", choices=SCALES,
-                   help="evaluation: 'profile' (its own budgets, default) or 'paper' (1000 images, early-stopping "
-                        "attack budgets, the recommended bound estimators, smoothing at three sigmas; fmnist)")
-    r = p.add_argument_group("recipe changes for every model (defaults from the profile)")
+                   help="'profile' (its own training and budgets, default) or 'paper' (fmnist: the grid trained "
+                        "to a plateau, 16 epochs, clipping at 5, free AT by SGD steps; 1000 images, early-stopping "
+                        "attack budgets, the recommended bound estimators, smoothing at three sigmas)")
+    r = p.add_argument_group("recipe changes for every model (defaults: the scale's training; any of them "
+                             "replaces it with the profile's recipe plus these changes)")
     r.add_argument("--epochs", type=int, default=None, help="training epochs")
     r.add_argument("--milestones", default=None, help="learning-rate drop epochs, e.g. 8,12,14")
     r.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm at this value")

@@ -245,3 +245,83 @@ def test_table_cells_carry_wilson_and_bootstrap_intervals_and_display_formats_th
     assert results.format_interval(12.34, 8.06, 17.91) == "12.3 [8.1, 17.9]"
     assert shown.loc[paper.ROW_KEYS["pgd-at-2"], (results.column_header("1", "clean_error"), "ours")] == "\u2013"
     assert shown.loc[paper.ROW_KEYS["undefended"], (results.column_header("1", "clean_error"), "paper")] == "4.36"
+
+
+# --------------------------------------------------------------------------------------------------
+# The paper-scale grid, the envelope over sigma, the adversarial omega columns
+# --------------------------------------------------------------------------------------------------
+
+def test_the_paper_scale_grid_is_the_committed_plateau_grid():
+    from paperlib.config import ConfigError
+    from paperlib.evaluation import resolve_scale, scale_training
+    from paperlib.reproduce import grid, recipe_tag
+    from paperlib.training import run_name
+
+    recipe, free = scale_training("fmnist", "paper")
+    assert recipe_tag(recipe, free) == "-r25fcef"  # the records of runs/fmnist's paper-scale grid
+    names = {k: run_name(c) for k, c in grid("fmnist", recipe, free).items()}
+    assert names["undefended"] == "undefended-rc1ca23"
+    assert names["free-at-8"] == "free-m8-linf-eps8_255-sgdsteps-rc1ca23"
+    assert scale_training("fmnist", "profile") == ({}, None)
+    assert resolve_scale("fmnist", None) == "paper" and resolve_scale("smoke", None) == "profile"
+    assert resolve_scale("fmnist", "profile") == "profile"
+    with pytest.raises(ConfigError, match="scale='huge'"):
+        resolve_scale("fmnist", "huge")
+    with pytest.raises(ConfigError, match="not defined for profile 'smoke'"):
+        scale_training("smoke", "paper")
+
+
+def _certify(sigma: float, n: int, radius: list[float], correct: list[bool]):
+    import types
+
+    t = pd.DataFrame({"image": range(len(radius)), "radius": radius, "correct": correct,
+                      "prediction": [0 if c else -1 for c in correct]})
+    return types.SimpleNamespace(table=t, config=types.SimpleNamespace(n=n, alpha=0.001, sigma=sigma), metrics={})
+
+
+def _model(key: str, **kw) -> results.ModelResults:
+    return results.ModelResults(key=key, path=Path("."), run_id=f"x/{key}", config=None,
+                                metrics={"clean_error_pct": 0.0, "train_hours": 0.1}, log=None, **kw)
+
+
+def test_table_b5_takes_the_best_sigma_at_each_radius_and_marks_what_no_sigma_reaches():
+    # sigma 0.25 (n = 100: reach 0.25 * Phi^-1(0.001^(1/100)) ~ 0.25 * 1.55) certifies 2 of 4 images at r = 0.25;
+    # sigma 1 certifies 3 of 4 at r = 0.25 and reaches farther
+    lo = _certify(0.25, 100, [0.3, 0.3, 0.0, 0.0], [True, True, True, False])
+    hi = _certify(1.0, 100, [1.2, 0.9, 0.5, 0.0], [True, True, True, False])
+    m = _model("undefended", certify_sigmas={0.25: lo, 1.0: hi}, certify=lo)
+    b5 = results.tableB5({"undefended": m})
+    assert b5.loc["undefended", "r=0.25"] == 25.0  # sigma 1's 1 of 4, not sigma 0.25's 2 of 4
+    assert b5.loc["undefended", "r=1.0"] == 75.0   # only sigma 1 reaches 1.0
+    cells = results.table_cells("B.5", {"undefended": m})
+    reach = 1.0 * float(__import__("scipy.stats").stats.norm.ppf(0.001 ** (1 / 100)))
+    beyond = [r for r in paper.TABLEB5_RADII if r > reach]
+    assert beyond and all(cells.loc[("undefended", f"r={r}"), "interval"] == "beyond n" for r in beyond)
+
+
+def test_a_certified_error_below_the_empirical_error_is_flagged_on_tables_1_and_b6():
+    import types
+
+    # 4 images, all correct; the attacks break image 0 at linf 1/255 and l2 0.2, the others far away
+    best = pd.DataFrame({"image": [0, 1, 2, 3] * 2, "norm": ["linf"] * 4 + ["l2"] * 4,
+                         "best": [1 / 255, 1.0, 1.0, 1.0, 0.2, 9.0, 9.0, 9.0], "best_attack": "pgd"})
+    table = pd.DataFrame({"image": [0, 1, 2, 3], "correct": True,
+                          "omega_distance": [0.5] * 4,  # every image "certified" to 0.5, image 0 beyond its attack
+                          results.ADVERSARIAL_OMEGA: [0.0] * 4})
+    m = _model("undefended", suite=types.SimpleNamespace(best=best),
+               bounds={"linf": types.SimpleNamespace(table=table), "l2": types.SimpleNamespace(table=table)})
+    grid = {"undefended": m}
+    # Table 1: omega certifies 0% error at every linf radius up to 0.5, the attacks find 25% from 1/255 on
+    assert results.invalid_certificates("1", grid) == {("undefended", f"omega_err_{e:g}") for e in results.LINF_EPS}
+    # Table B.6: 0% certified at r = 0.25 and 0.5 against 25% empirical; 100% from 0.75 on (valid, not flagged)
+    assert results.invalid_certificates("B.6", grid) == {("undefended", "r=0.25"), ("undefended", "r=0.5")}
+    assert results.invalid_certificates("2", grid) == set()
+    from paperlib.report import display
+
+    parts = display.table_parts("1", grid)
+    omega = next(t for t in parts if t.caption.startswith("% error certified by the omega-bound, the paper's"))
+    assert "4 cells below the empirical % error" in omega.caption
+    ours = omega.frame.xs("ours", axis=1, level=1).loc["Undefended"]
+    assert len(ours) == 4 and all(v.endswith(display.INVALID_MARK) for v in ours)
+    adv = next(t for t in parts if "maximised by gradient ascent" in t.caption)
+    assert "below the empirical" not in adv.caption and not any(display.INVALID_MARK in v for v in adv.frame.values.ravel())

@@ -141,3 +141,35 @@ def test_a_stage_keeps_its_seconds_when_the_process_stops_in_a_later_one(tmp_pat
                   log=lambda _: None)
     seconds = stage_seconds(tmp_path / "smoke")["undefended"]
     assert set(seconds) == {"train", "bound"} and min(seconds.values()) > 0
+
+
+@pytest.mark.parametrize("argv, recipe, free", [
+    # --scale paper alone: the paper-scale grid's own training (its runs carry -rc1ca23)
+    (["--scale", "paper"], None, None),
+    # any recipe option: the profile's recipe with that change, evaluated at paper scale
+    (["--scale", "paper", "--epochs", "3"], {"epochs": 3}, None),
+    (["--scale", "paper", "--free-schedule", "steps"], {}, "steps"),
+    ([], None, None),
+])
+def test_the_command_line_leaves_the_scales_training_to_reproduce(monkeypatch, tmp_path, argv, recipe, free):
+    import paperlib.cli
+    import paperlib.reproduce as rep
+
+    seen = {}
+    monkeypatch.setattr(rep, "reproduce", lambda *a, **kw: seen.update(kw))
+    assert paperlib.cli.main(["reproduce", "--runs-dir", str(tmp_path), "--stages", "train", *argv]) == 0
+    assert seen["recipe"] == recipe and seen["free_schedule"] == free
+
+
+def test_reproduce_at_paper_scale_trains_the_paper_scale_grid(monkeypatch, tmp_path):
+    seen = []
+
+    def train(cfg, store, **kw):
+        seen.append(paperlib.training.run_name(cfg))
+        raise paperlib.training.TrainingDivergedError("stop here")
+
+    monkeypatch.setattr(paperlib.training, "train", train)
+    reproduce("fmnist", tmp_path, stages=("train",), only=("undefended",), scale="paper", log=lambda *a: None)
+    reproduce("fmnist", tmp_path, stages=("train",), only=("undefended",), scale="paper", recipe={},
+              log=lambda *a: None)
+    assert seen == ["undefended-rc1ca23", "undefended"]

@@ -33,7 +33,7 @@ from paperlib.attacks.base import eval_mode
 from paperlib.metrics import error_curve
 
 __all__ = ["Check", "run_checks", "check_logits", "check_deterministic", "check_unit_box", "check_in_ball",
-           "check_success", "check_error_curve", "check_gradient_masking", "check_convergence"]
+           "check_success", "check_error_curve", "check_gradient_masking", "check_convergence", "convergence_failures"]
 
 logger = logging.getLogger("paperlib.attacks")
 
@@ -168,37 +168,59 @@ def _tail_share(before: list, after: list, tol: float) -> tuple[int, int]:
     return int(improved.sum()), int(len(b))
 
 
+def _norm_converged(convergence: dict, norm: str, tol: float, tail: Optional[float]) -> tuple[bool, str]:
+    """Whether one norm of ``convergence`` passes (median change below ``tol``; with ``tail``, at most that share
+    of the images improved by more than ``tol``), and its part of the check's message."""
+    before, after = convergence[norm]
+    if not (math.isfinite(before) and math.isfinite(after)) or before == 0:
+        change = 0.0 if before == after else math.inf
+    else:
+        change = abs(after - before) / before
+    ok = change < tol
+    text = f"{norm}: median {before:.4g} -> {after:.4g} ({100 * change:.2f}%)"
+    per = convergence.get(f"per_image_{norm}")
+    if tail is not None and per is not None:
+        improved, counted = _tail_share(per[0], per[1], tol)
+        share = improved / max(1, counted)
+        ok &= share <= tail
+        text += (f", {improved} of {counted} images ({100 * share:.1f}%) improved by more than "
+                 f"{100 * tol:.0f}% (at most {100 * tail:.1f}% allowed)"
+                 + (f"; only {convergence.get('n')} images re-attacked: raise convergence_n to "
+                    f"{TAIL_MIN_IMAGES} or more for a tail share" if (convergence.get("n") or 0) < TAIL_MIN_IMAGES
+                    else ""))
+    factor = (convergence.get("factor") or {}).get(norm, 1)
+    if factor > 1:
+        text += f" (budgets x{2 * factor} against x{factor}, after escalation)"
+    return ok, text
+
+
+def _convergence_norms(convergence: dict) -> list[str]:
+    return [k for k in convergence if k not in ("n", "factor") and not k.startswith("per_image_")]
+
+
+def convergence_failures(convergence: Optional[dict], tol: float, tail: Optional[float] = None) -> list[str]:
+    """The norms whose convergence check fails (see :func:`check_convergence`), in the order of ``convergence``."""
+    if not convergence:
+        return []
+    return [n for n in _convergence_norms(convergence) if not _norm_converged(convergence, n, tol, tail)[0]]
+
+
 def check_convergence(convergence: Optional[dict], tol: float, tail: Optional[float] = None) -> Check:
     """Doubling every budget on a subsample must change the median best distance by less than ``tol``.
 
     With ``tail`` (a fraction; ``AttackConfig.convergence_tail``) it also looks at the tail: the check fails
     when more than ``tail`` of the re-attacked images improve their best distance by more than ``tol``
     (``convergence['per_image_<norm>'] = [before, after]``, per image). The median alone cannot see a weak tail:
-    a budget that leaves a tenth of the images far from converged moves the median little.
+    a budget that leaves a tenth of the images far from converged moves the median little. After the suite
+    escalated a norm's budgets (``AttackConfig.escalate``), ``convergence['factor'][norm]`` is the budget
+    multiple the check compared against its double.
     """
     if not convergence:
         return Check("attacks_converged", True, "not checked (convergence_n = 0)")
     parts, ok = [], True
-    for norm, pair in convergence.items():
-        if norm == "n" or norm.startswith("per_image_"):
-            continue
-        before, after = pair
-        if not (math.isfinite(before) and math.isfinite(after)) or before == 0:
-            change = 0.0 if before == after else math.inf
-        else:
-            change = abs(after - before) / before
-        ok &= change < tol
-        text = f"{norm}: median {before:.4g} -> {after:.4g} ({100 * change:.2f}%)"
-        per = convergence.get(f"per_image_{norm}")
-        if tail is not None and per is not None:
-            improved, counted = _tail_share(per[0], per[1], tol)
-            share = improved / max(1, counted)
-            ok &= share <= tail
-            text += (f", {improved} of {counted} images ({100 * share:.1f}%) improved by more than "
-                     f"{100 * tol:.0f}% (at most {100 * tail:.1f}% allowed)"
-                     + (f"; only {convergence.get('n')} images re-attacked: raise convergence_n to "
-                        f"{TAIL_MIN_IMAGES} or more for a tail share" if (convergence.get("n") or 0) < TAIL_MIN_IMAGES
-                        else ""))
+    for norm in _convergence_norms(convergence):
+        passed, text = _norm_converged(convergence, norm, tol, tail)
+        ok &= passed
         parts.append(text)
     msg = f"doubled budgets on {convergence.get('n')} images: " + "; ".join(parts)
     if not ok:

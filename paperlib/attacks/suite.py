@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 
 from paperlib.attacks.base import Attack, AttackResult, Misclassification
 from paperlib.attacks.boundary import BoundaryAttack
-from paperlib.attacks.checks import Check, run_checks
+from paperlib.attacks.checks import Check, convergence_failures, run_checks
 from paperlib.attacks.cw import CarliniWagnerL2
 from paperlib.attacks.logbarrier import LogBarrierAttack
 from paperlib.attacks.norms import get_norm
@@ -68,6 +69,7 @@ from paperlib.config import (
 from paperlib.evaluation import CHEAP_ATTACK_BUDGETS
 from paperlib.metrics import BEST_COLUMNS, TIE_RTOL, best_distances, empirical_error, error_curve
 from paperlib.models import model_classes
+from paperlib.runs import Run
 from paperlib.stages import Stage, register_stage, run_or_load
 
 __all__ = [
@@ -77,6 +79,7 @@ __all__ = [
     "SuiteResult",
     "run_attack_suite",
     "attack_model",
+    "keep_closer",
     "load_suite",
     "attack_run_name",
     "best_distances",
@@ -116,6 +119,12 @@ class AttackConfig:
         boundary_steps: maximum Boundary steps.
         logbarrier_outer, logbarrier_inner: outer loops; maximum inner steps.
         convergence_n: images re-attacked with every iteration budget doubled (0: skip that check).
+        escalate: how many times the suite may double the budgets of a norm whose convergence check fails
+            (0: never, the committed runs). Each round re-attacks every image with the gradient attacks of the
+            failing norms (PGD, CW, LogBarrier; Boundary, the masking check, keeps its budget) at twice the
+            previous budgets, keeps per image and attack the closer adversarial, and checks convergence again
+            with those budgets doubled on the first ``convergence_n`` images. A finished run of the same config
+            without escalation (``attack-<hash of escalate=0>`` beside this one) is reused as the first phase.
         convergence_tol: the doubled budget may change the median best distance by at most this fraction.
         masking_ratio: an image is flagged for possible gradient masking when the Boundary attack's l2
             distance is below ``masking_ratio`` times the best gradient attack's.
@@ -240,6 +249,7 @@ class AttackConfig:
     logbarrier_linf_dt: float = field(default=0.0, metadata={OMIT_AT_DEFAULT: True})
     logbarrier_outer_patience: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
     top_k: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
+    escalate: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         attacks = tuple(self.attacks) if not isinstance(self.attacks, str) else (self.attacks,)
@@ -261,7 +271,7 @@ class AttackConfig:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{name}={v!r} must be an integer")
             check_positive(name, v)
-        for name in ("seed", "pgd_search_steps", "convergence_n"):
+        for name in ("seed", "pgd_search_steps", "convergence_n", "escalate"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{name}={v!r} must be an integer")
@@ -313,6 +323,9 @@ class AttackConfig:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{name}={v!r} must be an integer")
             (check_positive if name in ("boundary_every", "boundary_low_freq") else check_nonnegative)(name, v)
+        if self.escalate and not self.convergence_n:
+            raise ConfigError(f"escalate={self.escalate} needs the convergence check to decide when; set "
+                              "convergence_n > 0 (e.g. 50)")
         self._check_reference()
         Misclassification(self.top_k)  # a ConfigError for anything but an integer >= 1
         if self.top_k > 1 and self.reference_attacks:
@@ -397,6 +410,15 @@ class AttackConfig:
             logbarrier_linf_outer=self.logbarrier_linf_outer * factor if factor > 1 else self.logbarrier_linf_outer,
             boundary_patience=self.boundary_patience * factor,
             early_stop_tol=self.early_stop_tol / factor if stopping else self.early_stop_tol)
+
+    def escalated(self, factor: int, norms: Sequence[str]) -> "AttackConfig":
+        """The config of an escalation round (see ``escalate``): every budget times ``factor``
+        (:meth:`scaled`), only the gradient attacks, only ``norms``."""
+        attacks = tuple(a for a in self.attacks if a != "boundary")
+        if not any(a not in L2_ONLY or "l2" in norms for a in attacks):
+            raise ConfigError(f"no gradient attack of {self.attacks} runs in norms {tuple(norms)}")
+        return dataclasses.replace(self.scaled(factor), attacks=attacks, norms=tuple(norms), escalate=0,
+                                   convergence_n=0, reference_attacks=())
 
     def build(self, attack: str, norm: str) -> Attack:
         """The attack object for one job, with the criterion ``Misclassification(top_k)``."""
@@ -640,7 +662,7 @@ def _check_inputs(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> Tensor
 
 
 def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, run=None,
-                     progress: bool = True) -> SuiteResult:
+                     progress: bool = True, base: Optional["SuiteResult"] = None) -> SuiteResult:
     """Attack the images with every job of ``cfg``; best distances; checks; write into ``run``.
 
     Args:
@@ -653,6 +675,8 @@ def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: A
             per-batch checkpoint into (None: compute in memory only). It is started (``config.json``) if
             needed but not marked finished (use :func:`attack_model` for that).
         progress: show tqdm bars.
+        base: a finished suite of the same config without escalation on the same images, used as the first
+            phase instead of recomputing it (``cfg.escalate > 0`` only; :func:`attack_model` finds it).
 
     Returns:
         :class:`SuiteResult`.
@@ -660,27 +684,37 @@ def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: A
     idx = _check_inputs(model, x, y, idx)
     if run is not None:
         run.start()
-    attacks, info = _attack_batches(model, x, y, idx, cfg, run=run, progress=progress, tag="suite")
+    base_checks = None
+    if base is not None:
+        if not cfg.escalate:
+            raise ConfigError("a base suite is only reused by an escalating config (escalate > 0)")
+        attacks, info, convergence, base_checks = _from_base(base, idx)
+    else:
+        attacks, info = _attack_batches(model, x, y, idx, cfg, run=run, progress=progress, tag="suite")
+        convergence = None
+        if cfg.convergence_n > 0:
+            m = min(cfg.convergence_n, len(x))
+            doubled, _ = _attack_batches(model, x[:m], y[:m], idx[:m], dataclasses.replace(cfg.scaled(2)),
+                                         run=run, progress=progress, tag="doubled")
+            sub = attacks[attacks["image"].isin(set(idx[:m].tolist()))]
+            convergence = _convergence(sub, doubled, cfg.norms, m, cfg.convergence_tail)
+    escalation: list[dict] = []
+    for r in range(1, cfg.escalate + 1):
+        failing = convergence_failures(convergence, cfg.convergence_tol, cfg.convergence_tail)
+        if not failing:
+            break
+        attacks, convergence, record = _escalation_round(model, x, y, idx, cfg, r, failing, attacks, info,
+                                                         convergence, run=run, progress=progress)
+        escalation.append(record)
     best = best_distances(attacks, cfg.norms)
-    convergence = None
-    if cfg.convergence_n > 0:
-        m = min(cfg.convergence_n, len(x))
-        doubled, _ = _attack_batches(model, x[:m], y[:m], idx[:m], dataclasses.replace(cfg.scaled(2)),
-                                     run=run, progress=progress, tag="doubled")
-        sub = set(idx[:m].tolist())
-        before = best_distances(attacks[attacks["image"].isin(sub)], cfg.norms)
-        after = best_distances(doubled, cfg.norms)
-        convergence = {n: (float(before[before["norm"] == n]["best"].median()),
-                           float(after[after["norm"] == n]["best"].median())) for n in cfg.norms}
-        convergence["n"] = m
-        if cfg.convergence_tail is not None:  # per-image pairs for the tail check (only when it is asked for)
-            for nrm in cfg.norms:
-                b = before[before["norm"] == nrm].set_index("image")["best"]
-                a = after[after["norm"] == nrm].set_index("image")["best"].reindex(b.index)
-                convergence[f"per_image_{nrm}"] = [b.tolist(), a.tolist()]
     checks = run_checks(model, x, y, attacks, best, cfg, stats=info["stats"], convergence=convergence)
+    if base_checks is not None:
+        checks = _with_base_checks(checks, base_checks)
     summary = summarize(attacks, best, info["seconds"], info["passes"])
     summary["convergence"] = convergence
+    if cfg.escalate:
+        summary["escalation"] = escalation
+        summary["reused_first_phase"] = base is not None
     summary["checks_passed"] = all(c[1] for c in checks)
     reference = best_all = None
     if cfg.reference_attacks:
@@ -697,6 +731,118 @@ def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: A
         run.write_json("summary.json", summary)
     return SuiteResult(attacks=attacks, best=best, checks=checks, summary=summary, reference=reference,
                        best_all=best_all)
+
+
+def _convergence(before_rows: pd.DataFrame, after_rows: pd.DataFrame, norms: Sequence[str], m: int,
+                 tail: Optional[float]) -> dict:
+    """The convergence check's record: per norm the median best distance of the ``m`` re-attacked images with
+    the current budgets (``before_rows``) and with them doubled (``after_rows``), and with ``tail`` the
+    per-image pairs (:func:`~paperlib.attacks.checks.check_convergence`)."""
+    norms = tuple(norms)
+    before, after = best_distances(before_rows, norms), best_distances(after_rows, norms)
+    out: dict[str, Any] = {n: (float(before[before["norm"] == n]["best"].median()),
+                               float(after[after["norm"] == n]["best"].median())) for n in norms}
+    out["n"] = m
+    if tail is not None:  # per-image pairs for the tail check (only when it is asked for)
+        for n in norms:
+            b = before[before["norm"] == n].set_index("image")["best"]
+            a = after[after["norm"] == n].set_index("image")["best"].reindex(b.index)
+            out[f"per_image_{n}"] = [b.tolist(), a.tolist()]
+    return out
+
+
+def _job_distance(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's distance in its own norm, infinite where the attack failed."""
+    d = np.where(rows["norm"].to_numpy() == "l2", rows["dist_l2"].to_numpy(float), rows["dist_linf"].to_numpy(float))
+    return np.where(rows["success"].to_numpy(bool), d, math.inf)
+
+
+def keep_closer(rows: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (the suite's ``attacks.csv``) where each (image, attack, norm) row of ``more`` replaces its row
+    of ``rows`` if its adversarial is strictly closer (in the row's norm); the order of ``rows`` is kept, so the
+    best-distance table's ties go to the same job as before. Every row of ``more`` must have one in ``rows``."""
+    out = rows.reset_index(drop=True).copy()
+    more = more.reset_index(drop=True)
+    pos = {k: i for i, k in enumerate(zip(out["image"].tolist(), out["attack"].tolist(), out["norm"].tolist()))}
+    keys = list(zip(more["image"].tolist(), more["attack"].tolist(), more["norm"].tolist()))
+    missing = [k for k in keys if k not in pos]
+    if missing:
+        raise ConfigError(f"{len(missing)} re-attacked (image, attack, norm) rows have no row to replace, e.g. "
+                          f"{missing[0]}")
+    at = np.array([pos[k] for k in keys], dtype=np.int64)
+    better = _job_distance(more) < _job_distance(out.iloc[at])
+    if better.any():
+        out.iloc[at[better], :] = more.iloc[np.flatnonzero(better)][out.columns].to_numpy()
+    out["success"] = out["success"].astype(bool)
+    return out
+
+
+def _escalation_round(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, r: int,
+                      norms: list[str], attacks: pd.DataFrame, info: dict, convergence: dict, *, run=None,
+                      progress: bool = True) -> tuple[pd.DataFrame, dict, dict]:
+    """Round ``r`` of ``cfg.escalate``: the gradient attacks of ``norms`` at ``2**r`` times the budgets on every
+    image (checkpoint tag ``escalate<r>``), each row kept where it is closer (:func:`keep_closer`; its passes and
+    seconds added to its job's), then the convergence check of those norms again with the new budgets doubled on
+    the first ``convergence_n`` images (tag ``doubled<r>``). Returns the merged rows, the updated convergence
+    record and this round's record for the summary."""
+    factor, n = 2 ** r, len(x)
+    more, minfo = _attack_batches(model, x, y, idx, cfg.escalated(factor, norms), run=run, progress=progress,
+                                  tag=f"escalate{r}")
+    attacks = keep_closer(attacks, more)
+    for key, (fwd, bwd) in minfo["passes"].items():
+        prev = info["passes"].get(key, [0, 0])
+        info["passes"][key] = [prev[0] + fwd, prev[1] + bwd]
+    for key, sec in minfo["seconds"].items():
+        info["seconds"][key] = info["seconds"].get(key, 0.0) + sec
+    for key, st in minfo["stats"].items():
+        prev = info["stats"].get(key, {})
+        info["stats"][key] = {k: max(v, prev.get(k, 0.0)) for k, v in st.items()}
+    m = min(cfg.convergence_n, n)
+    doubled, dinfo = _attack_batches(model, x[:m], y[:m], idx[:m], cfg.escalated(2 * factor, norms), run=run,
+                                     progress=progress, tag=f"doubled{r}")
+    sub = attacks[attacks["image"].isin(set(idx[:m].tolist()))]
+    # the doubled budgets' rows, each kept where closer, against the escalated rows: the improvement doubling buys
+    new = _convergence(sub, keep_closer(sub, doubled), norms, m, cfg.convergence_tail)
+    convergence = {**convergence, **{k: v for k, v in new.items() if k != "n"}}
+    convergence["factor"] = {**convergence.get("factor", {}), **{nm: factor for nm in norms}}
+    record = {"round": r, "factor": factor, "norms": list(norms),
+              "passes_per_image": {k: [v[0] / n, v[1] / n] for k, v in minfo["passes"].items()},
+              "seconds_per_image": {k: v / n for k, v in minfo["seconds"].items()},
+              "check_passes_per_image": {k: [v[0] / n, v[1] / n] for k, v in dinfo["passes"].items()},
+              "convergence": {nm: new[nm] for nm in norms}}
+    return attacks, convergence, record
+
+
+def _from_base(base: "SuiteResult", idx: Tensor) -> tuple[pd.DataFrame, dict, Optional[dict], dict]:
+    """The first phase taken from a finished suite without escalation: its rows, its passes and seconds (totals
+    recovered from the per-image numbers of its summary), its convergence record and its checks (the
+    adversarials' box and ball statistics are not stored, so their checks are carried over)."""
+    images = set(base.attacks["image"].tolist())
+    if images != set(idx.tolist()):
+        raise ConfigError(f"the reused suite attacked {len(images)} other images than these {len(idx)}")
+    n = int(base.summary.get("n_images") or len(images))
+    jobs = base.summary.get("jobs", {})
+    info = {"stats": {},
+            "passes": {k: [int(round(v.get("forward_passes_per_image", 0) * n)),
+                           int(round(v.get("backward_passes_per_image", 0) * n))] for k, v in jobs.items()},
+            "seconds": {k: float(v["seconds_per_image"]) * n for k, v in jobs.items()
+                        if v.get("seconds_per_image") is not None}}
+    return base.attacks.copy(), info, base.summary.get("convergence"), {c[0]: c for c in base.checks}
+
+
+#: Checks that read the adversarials' box and ball statistics, which a reused first phase does not store
+_STATS_CHECKS = ("adversarials_in_unit_box", "fixed_eps_in_ball")
+
+
+def _with_base_checks(checks: list, base_checks: dict) -> list:
+    """``checks`` with the statistics checks joined to the reused first phase's: they pass only if both did."""
+    out = []
+    for c in checks:
+        b = base_checks.get(c[0])
+        if c[0] in _STATS_CHECKS and b is not None:
+            c = Check(c[0], bool(c[1] and b[1]), f"first phase (reused run): {b[2]}; escalation: {c[2]}")
+        out.append(c)
+    return out
 
 
 def load_suite(run) -> SuiteResult:
@@ -726,10 +872,20 @@ def attack_model(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: Attac
     check_unit_images(x)  # the labels are checked against the model's logits when the suite runs
 
     def compute(r) -> SuiteResult:
-        return run_attack_suite(model, x, y, idx, cfg, run=r, progress=progress)
+        return run_attack_suite(model, x, y, idx, cfg, run=r, progress=progress, base=_reusable_base(r, cfg))
 
     return run_or_load(run, cfg, compute, metrics=lambda result: result.summary, load=load_suite, force=force,
                        reload=True)
+
+
+def _reusable_base(run, cfg: AttackConfig) -> Optional[SuiteResult]:
+    """The finished suite of ``cfg`` without escalation beside ``run`` (same model), if ``cfg`` escalates and
+    there is one: the escalating suite reuses it as its first phase."""
+    if not cfg.escalate or run is None:
+        return None
+    bcfg = dataclasses.replace(cfg, escalate=0)
+    sibling = Run(Path(run.path).parent / attack_run_name(bcfg), bcfg)
+    return load_suite(sibling) if sibling.is_finished() else None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import pandas as pd
 from paperlib.config import ConfigError, normalize_norm
 from paperlib.runs import finished_dir
 
-__all__ = ["BOUND_COLUMNS", "audit_bounds", "smoothing_lower_bound", "find_best_tables", "audit_model_run"]
+__all__ = ["BOUND_COLUMNS", "BOUND_LABELS", "present_bounds", "audit_bounds", "smoothing_lower_bound", "find_best_tables", "audit_model_run"]
 
 #: The per-image lower bounds of ``bounds.csv`` that the audit checks (those a table has): the L-bound with
 #: either L, the omega-bound with the paper's random omega (``omega_distance``) and, when the bounds run used the
@@ -31,8 +31,21 @@ __all__ = ["BOUND_COLUMNS", "audit_bounds", "smoothing_lower_bound", "find_best_
 BOUND_COLUMNS: tuple[str, ...] = ("l_bound_evt", "l_bound_empirical_max", "omega_distance",
                                   "omega_distance_adversarial", "omega_distance_adversarial_per_image")
 
+#: How the pages name the per-image bounds of ``bounds.csv`` (``l_bound`` is the L-bound with the L the bounds run
+#: reports, its extreme-value estimate where the fit was accepted): the paper's two, then the adversarial
+#: omega-bound (not in the paper) with omega's supremum over the images and with each image's own omega.
+BOUND_LABELS: dict[str, str] = {"l_bound": "L-bound", "omega_distance": "omega-bound",
+                                "omega_distance_adversarial": "adversarial omega-bound (sup)",
+                                "omega_distance_adversarial_per_image": "adversarial omega-bound (per image)"}
+
 #: The columns of ``best.csv`` the audit reads (of :data:`~paperlib.metrics.BEST_COLUMNS`).
 _BEST_NEEDED = ("image", "norm", "best")
+
+
+def present_bounds(table: pd.DataFrame) -> dict[str, str]:
+    """The bounds of :data:`BOUND_LABELS` that a ``bounds.csv`` table has, ``{column: label}`` (a run without the
+    adversarial estimator has only the paper's two)."""
+    return {c: label for c, label in BOUND_LABELS.items() if c in table.columns}
 
 
 def _check_best(best: pd.DataFrame) -> pd.DataFrame:

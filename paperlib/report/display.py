@@ -30,6 +30,7 @@ from paperlib.report.results import (
     column_header,
     format_interval,
     grid_names,
+    invalid_certificates,
     our_table,
     run_ids,
     side_by_side,
@@ -138,22 +139,28 @@ _LINF = "linf, eps in units of 1/255"
 #: The l2 radii of B.5 and B.6 are split in halves (8 radii x 2 sides do not fit).
 _PARTS: dict[str, list[tuple[str, tuple[str, ...] | str]]] = {
     "1": [("Clean % error (95% Wilson interval) and training hours", _CLEAN),
-          (f"% error certified by the omega-bound ({_LINF})", "omega_err_"),
+          (f"% error certified by the omega-bound, the paper's omega from random samples ({_LINF})", "omega_err_"),
+          (f"% error certified by the omega-bound with each image's omega maximised by gradient ascent (not in the "
+           f"paper; {_LINF})", "omegaadv_err_"),
           (f"Empirical % error under the attack suite ({_LINF})", "emp_err_")],
     "2": [("Clean % error (95% Wilson interval) and training hours", _CLEAN),
           ("Mean l2 distance to the decision boundary: lower bounds and the best attack (95% bootstrap interval)",
-           ("mean_L_bound", "mean_omega_bound", "mean_empirical"))],
+           ("mean_L_bound", "mean_omega_bound", "mean_omega_bound_adversarial", "mean_empirical"))],
     "B.3": [("Regularity of the margin loss: l2 norm of its input gradient and omega (l2)",
              tuple(paper.TABLEB3_COLUMNS))],
     "B.4": [("Clean % error (95% Wilson interval)", ("clean_error", "clean_error_attacked")),
             (f"Empirical % error under the attack suite ({_LINF})", "emp_err_")],
     "B.5": [("% error certified by randomized smoothing at l2 radius r (95% Wilson interval)", "r=")],
-    "B.6": [("% error certified by the omega-bound at l2 radius r (95% Wilson interval)", "r=")],
+    "B.6": [("% error certified by the omega-bound (the paper's omega from random samples) at l2 radius r "
+             "(95% Wilson interval)", "r="),
+            ("% error certified by the omega-bound with each image's omega maximised by gradient ascent (not in "
+             "the paper) at l2 radius r (95% Wilson interval)", "adv r=")],
 }
 _SPLIT_RADII = {"B.5": 4, "B.6": 4}
 
 _SHORT = {"clean_error": "whole test set", "clean_error_attacked": "attacked images", "train_hours": "training hours",
           "mean_L_bound": "L-bound", "mean_omega_bound": "omega-bound", "mean_empirical": "best attack",
+          "mean_omega_bound_adversarial": "adversarial omega-bound (per image)",
           "grad_mean": "mean gradient norm", "grad_max": "max gradient norm", "omega_0.5": "omega(0.5)",
           "omega_1.0": "omega(1.0)"}
 
@@ -164,11 +171,12 @@ def short_header(name: str, column: str) -> str:
     :func:`~paperlib.report.results.column_header`)."""
     if column in _SHORT:
         return _SHORT[column]
-    for prefix in ("omega_err_", "emp_err_"):
+    for prefix in ("omega_err_", "omegaadv_err_", "emp_err_"):
         if column.startswith(prefix):
             return f"{column[len(prefix):]}/255"
-    if column.startswith("r="):
-        return f"r = {column[2:]}"
+    for prefix in ("r=", "adv r="):
+        if column.startswith(prefix):
+            return f"r = {column[len(prefix):]}"
     return column_header(name, column)
 
 
@@ -190,6 +198,7 @@ def table_parts(name: str, grid: dict[str, ModelResults], *, rows: str = "paper"
     sbs = side_by_side(name, ours, rows=rows)
     keys = _side_by_side_keys(name, ours, rows)
     columns = list(dict.fromkeys(c for c, _ in sbs.columns))
+    invalid = invalid_certificates(name, grid)
     parts: list[BookTable] = []
     for caption, spec in _PARTS[name]:
         cols = _part_columns(spec, columns)
@@ -204,13 +213,23 @@ def table_parts(name: str, grid: dict[str, ModelResults], *, rows: str = "paper"
                 theirs = sbs[(col, "paper")]
                 if theirs.notna().any():
                     data[(head, "paper")] = [_DASH if math.isnan(float(v)) else f"{float(v):g}" for v in theirs]
-                data[(head, "ours")] = [_our_cell(cells, k, col) for k in keys]
+                data[(head, "ours")] = [_our_cell(cells, k, col) + (INVALID_MARK if (k, col) in invalid else "")
+                                        for k in keys]
             if not data:
                 continue
             df = pd.DataFrame(data, index=sbs.index)
             df.columns = pd.MultiIndex.from_tuples(df.columns)
-            parts.append(BookTable(df, caption))
+            flagged = sum((k, c) in invalid for k in keys for c in chunk)
+            note = (f" {INVALID_MARK.strip()} {flagged} cell{'s' if flagged > 1 else ''} below the empirical % error "
+                    "at the same radius: not a valid certificate there (some image's bound exceeds an adversarial "
+                    "the attacks found)") if flagged else ""
+            parts.append(BookTable(df, caption + note))
     return BookTables(parts)
+
+
+#: appended to a certified-error cell below the empirical error at its radius (see
+#: :func:`~paperlib.report.results.invalid_certificates`)
+INVALID_MARK = " †"
 
 
 def _our_cell(cells: pd.DataFrame, key: str, col: str) -> str:
@@ -280,10 +299,17 @@ def source_note(grid: dict[str, ModelResults]) -> Markdown:
     n_att = sorted({int(m.suite.best["image"].nunique()) for m in grid.values() if m.suite is not None})
     attacked = (f"attacks and bounds on {_choices(n_att)} seeded-random test images (the same images for every "
                 f"model; the paper used 1000)") if n_att else "no attack has run yet"
+    clips = sorted({m.config.grad_clip for m in grid.values() if m.config is not None and m.config.grad_clip})
+    clip = (f", gradient-norm clipping at {_choices([f'{c:g}' for c in clips])} for every model (not in the paper; "
+            f"see Table B.4's page)") if clips else ""
+    n_bound = sum(bool(m.bounds) for m in grid.values())
+    bounded = (f" Bounds have run on {n_bound} of {len(grid)} models so far; the others' bound cells are empty."
+               if n_att and n_bound < len(grid) else "")
     return Markdown(
-        f"Our numbers come from the `{names['profile']}` profile's grid (`paperlib reproduce --profile "
-        f"{names['profile']}`, {len(grid)} finished models): {names['dataset']}, the `{names['model']}` model, "
-        f"{epochs} epochs, clean error on all {tests} test images, {attacked}. The paper's numbers are CIFAR-10 "
+        f"Our numbers come from the `{names['profile']}` profile's grid (`{names['command']}`, "
+        f"{len(grid)} finished models): {names['dataset']}, the `{names['model']}` model, "
+        f"{epochs} epochs{clip}, clean error on all {tests} test images, {attacked}.{bounded} "
+        f"The paper's numbers are CIFAR-10 "
         f"(ResNeXt-34, 200 epochs) as printed, transcribed in `paperlib.report.paper`. Two datasets, two models: "
         f"compare the *pattern* across rows, not the cells one by one.")
 
@@ -318,7 +344,7 @@ def verdict_context(grid: dict[str, ModelResults]) -> Markdown:
         noise = "No model has been attacked yet: every robustness verdict is 'not resolved'."
     return Markdown(
         f"- **This grid.** {names['dataset']}, the `{names['model']}` model, {epochs} training epochs, "
-        f"{len(grid)} finished models (`paperlib reproduce --profile {names['profile']}`); the paper's evidence is "
+        f"{len(grid)} finished models (`{names['command']}`); the paper's evidence is "
         f"CIFAR-10 and ImageNet-1k with 200-epoch ResNeXts and 1000 attacked images per model.\n"
         f"- **Noise.** {noise}\n"
         f"- **Another dataset.** {names['dataset']} models are broken at other radii than CIFAR-10's; the tables "
@@ -328,10 +354,19 @@ def verdict_context(grid: dict[str, ModelResults]) -> Markdown:
 def certify_note(grid: dict[str, ModelResults]) -> Markdown:
     """The smoothing pages' settings sentence, read from the certification runs: noise samples ``n``, ``alpha``,
     ``sigma`` and the largest radius such a certificate can reach (:func:`~paperlib.bounds.smoothing.max_certifiable_radius`)."""
-    cfgs = {(c.n, c.alpha, c.sigma, c.n_images) for m in grid.values() if m.certify is not None
-            for c in [m.certify.config] if c is not None}
+    cfgs = {(c.n, c.alpha, c.sigma, c.n_images) for m in grid.values() for r in m.certify_sigmas.values()
+            for c in [r.config] if c is not None}
     if not cfgs:
         return Markdown("No model of this grid has been certified yet.")
-    parts = [f"$n = {f'{n:,}'.replace(',', '{,}')}$ noise samples per image on {k} test images, $\\alpha = {a:g}$, $\\sigma = {s:g}$: no radius "
-             f"above {max_certifiable_radius(n, a, s):.2f} can be certified" for n, a, s, k in sorted(cfgs)]
-    return Markdown("Our certificates: " + "; ".join(parts) + " (Cohen et al.: $n = 100{,}000$).")
+    groups: dict[tuple, list[float]] = {}
+    for n, a, s, k in sorted(cfgs):
+        groups.setdefault((n, a, k), []).append(s)
+    parts = [f"$n = {f'{n:,}'.replace(',', '{,}')}$ noise samples per image on {k} test images, $\\alpha = {a:g}$, "
+             f"$\\sigma = {' / '.join(f'{s:g}' for s in sig)}$: no radius above "
+             f"{' / '.join(f'{max_certifiable_radius(n, a, s):.2f}' for s in sig)} can be certified"
+             for (n, a, k), sig in groups.items()]
+    several = len({s for _, _, s, _ in cfgs}) > 1
+    envelope = (" Table B.5 shows at each radius the sigma with the lowest certified error (the envelope over "
+                "sigma, as Cohen et al. report it); choosing the best of three on the same images flatters the "
+                "envelope slightly, so each sigma's own row is shown below the table.") if several else ""
+    return Markdown("Our certificates: " + "; ".join(parts) + " (Cohen et al.: $n = 100{,}000$)." + envelope)

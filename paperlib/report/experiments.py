@@ -33,8 +33,10 @@ import pandas as pd
 
 from paperlib.attacks.suite import attack_model, load_suite, summarize
 from paperlib.bounds import Smooth, certified_error, load_bounds, load_certify, run_bounds, run_certify
+from paperlib.bounds.audit import present_bounds
 from paperlib.config import check_choice, check_int, check_linf_eps, check_number, check_runs_dir, get_profile
 from paperlib.data import check_split_count, dataset_info, load_dataset, sample_images
+from paperlib.evaluation import resolve_scale, scale_training
 from paperlib.metrics import error_curves  # the notebooks call it as ex.error_curves (documented in metrics)
 from paperlib.reproduce import evaluation_configs as profile_configs
 from paperlib.reproduce import stage_subrun
@@ -86,20 +88,24 @@ _NORM_LABEL = {"l2": r"$\ell_2$", "linf": r"$\ell_\infty$"}
 
 def train_config(profile: str = "fmnist", method: str = "penalty", *, penalty: str = "fd", norm: str = "l2",
                  lam: float = 1.0, h: float = 0.01, eps: float | None = None, m: int | None = None,
-                 epochs: int | None = None, seed: int = 0):
+                 epochs: int | None = None, seed: int = 0, scale: str = "profile"):
     """The :class:`~paperlib.training.TrainConfig` of a notebook's parameters.
 
     Only the options of ``method`` are used (the others are ignored, not an error, so one parameter cell
     serves every method): ``penalty``, ``norm``, ``lam`` and ``h`` for ``'penalty'`` (``h`` for FD only);
     ``norm`` and ``eps`` for ``'pgd-at'`` and ``'free-at'`` (``eps=None``: 8/255; the paper's AT is ``linf``,
     so pass ``norm='linf'``) and ``m`` for ``'free-at'`` (replays, ``None``: 8); none for ``'undefended'``.
-    ``epochs=None`` keeps the profile's.
+    ``epochs=None`` keeps the scale's (the profile's, or the paper-scale grid's:
+    :func:`~paperlib.evaluation.scale_training`, whose recipe and free-AT schedule ``scale='paper'`` applies).
 
     With the grid's values it equals the config of :func:`paperlib.reproduce.grid` (same run, same hash):
-    ``train_config('fmnist') == grid('fmnist')['fd-l2-lam1']``.
+    ``train_config('fmnist') == grid('fmnist')['fd-l2-lam1']``, and at ``scale='paper'`` the paper-scale grid's.
     """
     check_choice("method", method, METHODS)
-    kw: dict[str, Any] = {"method": method, "seed": check_int("seed", seed, 0)}
+    recipe, free_schedule = scale_training(profile, scale)
+    kw: dict[str, Any] = {**recipe, "method": method, "seed": check_int("seed", seed, 0)}
+    if method == "free-at" and free_schedule is not None:
+        kw["free_schedule"] = free_schedule
     if epochs is not None:
         kw["epochs"] = check_int("epochs", epochs, 1)
     if method == "penalty":
@@ -118,7 +124,7 @@ def train_config(profile: str = "fmnist", method: str = "penalty", *, penalty: s
 def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalty: Any = "fd", norm: Any = "l2",
                      lam: Any = 1.0, h: Any = 0.01, eps: Any = None, m: Any = None, epochs: Any = None,
                      n_images: Any = None, sigma: Any = None, n: Any = None, seed: Any = 0,
-                     runs_dir: Any = None) -> None:
+                     scale: Any = None, runs_dir: Any = None) -> None:
     """Check an experiment notebook's parameters (its ``parameters`` cell, papermill's ``-p``) before anything
     runs, with the rules of the command line: a :class:`~paperlib.config.ConfigError` naming the first bad value
     and what is allowed (in a notebook: its one-line message is the cell's error).
@@ -128,11 +134,14 @@ def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalt
     linf ``eps`` is at most 1, ``runs_dir`` is a directory that exists or can be created; then the model's
     config and the evaluation configs are built (:func:`train_config`, :func:`evaluation_configs`), which checks
     the options of ``method`` against the training config's own rules. Options of other methods are checked
-    for their type only (one parameter cell serves every method). ``sigma`` (a noise level or a list of them)
+    for their type only (one parameter cell serves every method). ``scale`` is one of
+    :data:`~paperlib.evaluation.SCALES` or None (:func:`~paperlib.evaluation.resolve_scale`: ``'paper'`` where the
+    profile defines it). ``sigma`` (a noise level or a list of them)
     and ``n`` (noise samples) are the certify page's, checked by
     :func:`~paperlib.bounds.smoothing.certify_configs`.
     """
     prof = get_profile(profile)
+    scale = resolve_scale(prof.name, scale)
     check_int("seed", seed, 0)
     check_number("lam", lam)
     check_number("h", h)
@@ -146,22 +155,24 @@ def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalt
         check_split_count("n_images", n_images, prof.dataset, "test")
     if runs_dir is not None:
         check_runs_dir(runs_dir)
-    train_config(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs, seed=seed)
-    evals = evaluation_configs(profile, n_images=n_images, seed=seed)
+    train_config(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs, seed=seed,
+                 scale=scale)
+    evals = evaluation_configs(profile, n_images=n_images, seed=seed, scale=scale)
     if sigma is not None or n is not None:
         from paperlib.bounds.smoothing import certify_configs
 
         certify_configs(evals["certify"], sigma=sigma, n=n)
 
 
-def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int | None = None) -> dict[str, Any]:
-    """The profile's attack, bound and certify configs (:func:`paperlib.reproduce.evaluation_configs`), with
-    ``n_images`` (images evaluated) and ``seed`` (image draw and random draws) replaced when given.
+def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int | None = None,
+                       scale: str = "profile") -> dict[str, Any]:
+    """The profile's attack, bound and certify configs at ``scale`` (:func:`paperlib.reproduce.evaluation_configs`),
+    with ``n_images`` (images evaluated) and ``seed`` (image draw and random draws) replaced when given.
 
     Returns ``{'attack', 'bound-l2', 'bound-linf', 'certify'}``; unchanged values give the profile's configs
     exactly (same hashes, so committed runs load).
     """
-    configs = profile_configs(profile)
+    configs = profile_configs(profile, scale)
     if n_images is not None:
         n_images = check_int("n_images", n_images, 1)
         configs = {k: dataclasses.replace(c, n_images=n_images) for k, c in configs.items()}
@@ -230,6 +241,7 @@ class Experiment:
         x: the evaluated test images ``[n, C, H, W]`` in [0, 1] (None unless loaded).
         y: their labels ``[n]``.
         idx: their dataset indices ``[n]``.
+        scale: the evaluation scale the configs are at (``'profile'`` or ``'paper'``).
     """
 
     store: Any
@@ -241,30 +253,33 @@ class Experiment:
     x: Any = None
     y: Any = None
     idx: Any = None
+    scale: str = "profile"
 
 
 def prepare(profile: str = "fmnist", method: str = "penalty", *, penalty: str = "fd", norm: str = "l2",
             lam: float = 1.0, h: float = 0.01, eps: float | None = None, m: int | None = None,
-            epochs: int | None = None, n_images: int | None = None, seed: int = 0,
+            epochs: int | None = None, n_images: int | None = None, seed: int = 0, scale: str | None = None,
             runs_dir: str | Path | None = None, evaluate: bool = True, progress: bool = False) -> Experiment:
     """Train (or load: a finished run loads at once) the model of the notebook parameters, and with
     ``evaluate`` load it with the evaluated test images (the draw of :func:`paperlib.reproduce.reproduce`).
 
     ``runs_dir=None`` is :func:`paperlib.runs.default_runs_dir` (the checkout's ``runs/``, whatever the working
-    directory). The other arguments are those of :func:`train_config` and :func:`evaluation_configs`; they are
-    checked first (:func:`check_parameters`).
+    directory). ``scale=None`` is ``'paper'`` where the profile defines it (fmnist: the paper-scale grid's model
+    and evaluation), else ``'profile'`` (:func:`~paperlib.evaluation.resolve_scale`). The other arguments are
+    those of :func:`train_config` and :func:`evaluation_configs`; they are checked first (:func:`check_parameters`).
     """
     import torch
 
     check_parameters(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs,
-                     n_images=n_images, seed=seed, runs_dir=runs_dir)
+                     n_images=n_images, seed=seed, scale=scale, runs_dir=runs_dir)
+    scale = resolve_scale(profile, scale)
     torch.manual_seed(seed)
     store = RunStore(default_runs_dir() if runs_dir is None else runs_dir)
     cfg = train_config(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs,
-                       seed=seed)
+                       seed=seed, scale=scale)
     run = train(cfg, store, progress=progress)
     exp = Experiment(store=store, cfg=cfg, run=run, model_id=run_id(run, store.root),
-                     evals=evaluation_configs(profile, n_images=n_images, seed=seed))
+                     evals=evaluation_configs(profile, n_images=n_images, seed=seed, scale=scale), scale=scale)
     if evaluate:
         exp.model, _ = load_trained(run)
         acfg = exp.evals["attack"]
@@ -418,8 +433,9 @@ def checks_table(checks: Sequence) -> pd.DataFrame:
 
 
 def bounds_table(results: Mapping[str, Any]) -> pd.DataFrame:
-    """Per norm: images, clean error, the Lipschitz constant L (EVT), the mean L-bound and the mean omega-bound
-    distance (:class:`~paperlib.bounds.stage.BoundsResult` per norm, ``{'l2': ..., 'linf': ...}``)."""
+    """Per norm: images, clean error, the Lipschitz constant L (EVT), the mean distance of each bound the run has
+    (:func:`~paperlib.bounds.audit.present_bounds`: the L-bound and the omega-bound, and the adversarial
+    omega-bounds where they ran) (:class:`~paperlib.bounds.stage.BoundsResult` per norm, ``{'l2': ..., 'linf': ...}``)."""
     rows = []
     for norm, res in results.items():
         t = res.table
@@ -429,8 +445,7 @@ def bounds_table(results: Mapping[str, Any]) -> pd.DataFrame:
             "clean error (%)": 100.0 * (1.0 - t["correct"].astype(bool).mean()),
             "L (EVT)": float(res.evt["lipschitz"]["evt"]["value"]),
             "L (empirical max)": float(res.evt["lipschitz"]["empirical-max"]["value"]),
-            "mean L-bound": float(t["l_bound"].mean()),
-            "mean omega-bound": float(t["omega_distance"].mean()),
+            **{f"mean {label}": float(t[c].mean()) for c, label in present_bounds(t).items()},
             "omega fits rejected": sum(1 for e in res.evt["omega"] if e["fit"]["method"] != "gev"),
         })
     return pd.DataFrame(rows).set_index("norm")
@@ -445,16 +460,16 @@ def certified_error_curve(radius: Sequence[float] | np.ndarray, correct: Sequenc
 
 
 def bound_error_curves(bounds: Mapping[str, Any], n_points: int = 201) -> dict[str, dict[str, pd.DataFrame]]:
-    """Certified-error curves of the L-bound and the omega-bound per norm, on an even radius grid from 0 to
-    1.1 x the largest bound: ``{norm: {'L-bound': curve, 'omega-bound': curve}}`` (``DataFrame(radius,
-    error_pct)``, :func:`certified_error_curve`), from ``{norm: BoundsResult}``."""
+    """Certified-error curves of each bound the run has per norm (:func:`~paperlib.bounds.audit.present_bounds`),
+    on an even radius grid from 0 to 1.1 x the largest bound: ``{norm: {'L-bound': curve, 'omega-bound': curve,
+    ...}}`` (``DataFrame(radius, error_pct)``, :func:`certified_error_curve`), from ``{norm: BoundsResult}``."""
     out = {}
     for norm, res in bounds.items():
         t = res.table
-        top = 1.1 * max(float(t[["l_bound", "omega_distance"]].to_numpy(dtype=float).max()), 1e-3)
+        cols = present_bounds(t)
+        top = 1.1 * max(float(t[list(cols)].to_numpy(dtype=float).max()), 1e-3)
         radii = np.linspace(0.0, top, n_points)
-        out[norm] = {"L-bound": certified_error_curve(t["l_bound"], t["correct"], radii),
-                     "omega-bound": certified_error_curve(t["omega_distance"], t["correct"], radii)}
+        out[norm] = {label: certified_error_curve(t[c], t["correct"], radii) for c, label in cols.items()}
     return out
 
 
@@ -540,18 +555,20 @@ def plot_certified_error(curves: Mapping[str, Mapping[str, pd.DataFrame]], title
 
 
 def plot_bound_vs_attack(pairs: Mapping[str, pd.DataFrame], title: str):
-    """Per norm, each image's lower bounds (L-bound, omega-bound) against the best adversarial distance the
-    attacks found, with the line y = x: a valid lower bound lies on or below it. ``pairs[norm]`` has columns
-    ``best``, ``l_bound``, ``omega_distance`` (images no attack broke left out)."""
+    """Per norm, each image's lower bounds (L-bound, omega-bound, and the adversarial omega-bounds where they ran)
+    against the best adversarial distance the attacks found, with the line y = x: a valid lower bound lies on or
+    below it. ``pairs[norm]`` has columns ``best`` and the bounds' (:func:`bound_attack_pairs`; images no attack
+    broke left out)."""
     import matplotlib.pyplot as plt
 
     norms = list(pairs)
     fig, axes = plt.subplots(1, len(norms), figsize=(4.6 * len(norms), 4.0), squeeze=False)
     for ax, norm in zip(axes[0], norms):
         p = pairs[norm]
-        ax.scatter(p["best"], p["l_bound"], s=14, alpha=0.7, label="L-bound", color="C1")
-        ax.scatter(p["best"], p["omega_distance"], s=14, alpha=0.7, marker="^", label="omega-bound", color="C2")
-        top = float(np.nanmax([p["best"].max(), p["l_bound"].max(), p["omega_distance"].max(), 1e-3]))
+        cols = present_bounds(p)
+        for k, (c, label) in enumerate(cols.items()):
+            ax.scatter(p["best"], p[c], s=10, alpha=0.6, marker="o^sv"[k % 4], label=label, color=f"C{k + 1}")
+        top = float(np.nanmax([p["best"].max(), *(p[c].max() for c in cols), 1e-3]))
         ax.plot([0, top], [0, top], color="k", lw=1, label="y = x (bound = attack distance)")
         ax.set(xlabel=f"best attack distance ({norm}, pixel units)", ylabel=f"lower bound ({norm}, pixel units)",
                title=f"{_NORM_LABEL[norm]}: bound vs attack")
@@ -582,8 +599,9 @@ def plot_smoothing(curve: pd.DataFrame, title: str, *, sigma: float, empirical: 
 
 def bound_attack_pairs(bounds_table_: pd.DataFrame, best: pd.DataFrame, norm: str) -> pd.DataFrame:
     """Per image: the best attack distance in ``norm`` beside the bounds (``bounds.csv`` joined to ``best.csv``
-    on ``image``); images no attack broke (``best = inf``) are left out."""
+    on ``image``: every bound of :func:`~paperlib.bounds.audit.present_bounds`); images no attack broke
+    (``best = inf``) are left out."""
     b = best.loc[best["norm"] == norm, ["image", "best"]]
-    merged = bounds_table_[["image", "l_bound", "omega_distance"]].merge(b, on="image", how="inner")
+    merged = bounds_table_[["image", *present_bounds(bounds_table_)]].merge(b, on="image", how="inner")
     return merged[np.isfinite(merged["best"].to_numpy(dtype=float))].reset_index(drop=True)
 

@@ -27,7 +27,7 @@ import pandas as pd
 
 from paperlib.attacks.suite import load_suite
 from paperlib.bounds import load_bounds, load_certify, max_certifiable_radius
-from paperlib.bounds.audit import audit_bounds
+from paperlib.bounds.audit import BOUND_LABELS, audit_bounds
 from paperlib.config import check_choice
 from paperlib.metrics import (
     best_values,
@@ -43,7 +43,9 @@ from paperlib.metrics import (
     wilson_interval,
 )
 from paperlib.report import paper
-from paperlib.reproduce import SMOOTHING_MODELS, diverged_note, stage_seconds, stage_subrun
+from paperlib.bounds.smoothing import certify_grid_configs
+from paperlib.evaluation import resolve_scale, scale_training
+from paperlib.reproduce import SMOOTHING_MODELS, diverged_note, recipe_tag, stage_seconds, stage_subrun
 from paperlib.reproduce import evaluation_configs as profile_evaluation_configs
 from paperlib.reproduce import grid as profile_grid
 from paperlib.runs import RunStore, default_runs_dir
@@ -54,7 +56,8 @@ __all__ = [
     "side_by_side", "fmt", "run_ids", "check_verdicts", "check_messages", "bound_audit", "claims", "training_costs",
     "attack_costs", "stage_hours", "model_error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
     "table_cells", "display_table", "column_header", "format_interval", "comparisons", "closest_comparisons",
-    "verdict_table", "grid_names", "CELL_COLUMNS", "DATASET_NAMES",
+    "verdict_table", "grid_names", "CELL_COLUMNS", "DATASET_NAMES", "smoothing_errors",
+    "invalid_certificates", "ADVERSARIAL_OMEGA", "AUDITED_BOUNDS", "clipping_table",
 ]
 
 #: The linf radii reported, in units of 1/255. The paper's are 2 and 8; 16 and 32 are added for Fashion-MNIST,
@@ -86,6 +89,10 @@ class ModelResults:
         seconds: wall seconds per stage as ``paperlib reproduce`` measured them (``timings/<key>.json``).
         subruns: the names of the sub-runs loaded into ``suite``, ``bounds`` and ``certify`` (those the pages
             read; other finished sub-runs of the model, e.g. another evaluation scale's, are not listed).
+        scale: the evaluation scale the grid was loaded at (``'profile'`` or ``'paper'``,
+            :data:`~paperlib.evaluation.SCALES`).
+        certify_sigmas: ``{sigma: CertifyResult}`` for every finished sigma of the scale's certification
+            (one at the profile scale, the certification grid's three at paper scale); ``certify`` is the first.
     """
 
     key: str
@@ -99,24 +106,38 @@ class ModelResults:
     certify: Any = None
     seconds: dict[str, float] = field(default_factory=dict)
     subruns: list[str] = field(default_factory=list)
+    scale: str = "profile"
+    certify_sigmas: dict[float, Any] = field(default_factory=dict)
 
 
-def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> dict[str, ModelResults]:
+def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None,
+              scale: str | None = None) -> dict[str, ModelResults]:
     """Load every finished model of ``profile``'s grid and its finished evaluation stages.
 
+    ``scale`` picks the grid (:data:`~paperlib.evaluation.SCALES`): ``'profile'``, the profile's own training and
+    evaluation budgets; ``'paper'``, the paper-scale grid (:data:`~paperlib.evaluation.PAPER_SCALE_TRAINING`,
+    evaluated with the paper-scale budgets); None (the default), ``'paper'`` where the profile defines it (fmnist)
+    and ``'profile'`` elsewhere -- what ``paperlib reproduce --profile <p> [--scale paper]`` computed.
     Models that are not trained yet are left out; stages that have not run are None. Nothing is computed.
     """
+    scale = resolve_scale(profile, scale)
     store = RunStore(runs_dir if runs_dir is not None else default_runs_dir())
-    evals = profile_evaluation_configs(profile)
-    seconds = stage_seconds(store.root / profile)
+    recipe, free_schedule = scale_training(profile, scale)
+    evals = profile_evaluation_configs(profile, scale)
+    certify_configs = (list(certify_grid_configs(profile).values()) if scale == "paper" else [evals["certify"]])
+    tag = recipe_tag(recipe, free_schedule)
+    seconds = stage_seconds(store.root / profile, tag)
+    if scale == "paper":  # the evaluation's seconds are recorded apart from the training's
+        for key, secs in stage_seconds(store.root / profile, tag + "-paper").items():
+            seconds.setdefault(key, {}).update({k: v for k, v in secs.items() if k != "train"})
     out: dict[str, ModelResults] = {}
-    for key, cfg in profile_grid(profile).items():
+    for key, cfg in profile_grid(profile, recipe, free_schedule).items():
         run = store.run(cfg.profile, run_name(cfg), cfg)
         if not run.is_finished():
             continue
         res = ModelResults(key=key, path=run.path, run_id=f"{cfg.profile}/{run.path.name}", config=cfg,
                            metrics=run.read_json("metrics.json"), log=run.read_table("train_log.csv"),
-                           seconds=seconds.get(key, {}))
+                           seconds=seconds.get(key, {}), scale=scale)
         sub = stage_subrun(run, evals["attack"])
         if sub.is_finished():
             res.suite = load_suite(sub)
@@ -126,19 +147,23 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None) -> di
             if sub.is_finished():
                 res.bounds[norm] = load_bounds(sub)
                 res.subruns.append(sub.path.name)
-        sub = stage_subrun(run, evals["certify"])
-        if key in SMOOTHING_MODELS and sub.is_finished():
-            res.certify = load_certify(sub)
-            res.subruns.append(sub.path.name)
+        for ccfg in certify_configs if key in SMOOTHING_MODELS else []:
+            sub = stage_subrun(run, ccfg)
+            if sub.is_finished():
+                res.certify_sigmas[float(ccfg.sigma)] = load_certify(sub)
+                res.subruns.append(sub.path.name)
+        res.certify = next(iter(res.certify_sigmas.values()), None)
         out[key] = res
     return out
 
 
-def diverged_models(profile: str = "fmnist", runs_dir: str | Path | None = None) -> dict[str, str]:
-    """Grid models whose training diverged (non-finite loss), with the recorded message: ``{key: message}``."""
+def diverged_models(profile: str = "fmnist", runs_dir: str | Path | None = None,
+                    scale: str | None = None) -> dict[str, str]:
+    """Grid models whose training diverged (non-finite loss), with the recorded message: ``{key: message}``
+    (``scale`` picks the grid as in :func:`load_grid`)."""
     store = RunStore(runs_dir if runs_dir is not None else default_runs_dir())
     out = {}
-    for key, cfg in profile_grid(profile).items():
+    for key, cfg in profile_grid(profile, *scale_training(profile, resolve_scale(profile, scale))).items():
         note = diverged_note(store.run(cfg.profile, run_name(cfg), cfg))
         if note is not None:
             out[key] = note
@@ -236,9 +261,15 @@ def _emp_cell(m: ModelResults, norm: str, eps: float) -> dict:
     return _pct_cell(error_indicators(m.suite.best, eps, norm)) if _attacked(m, norm) else _MISSING
 
 
+#: The per-image omega-distance of the adversarial estimator (``bounds.csv``; not in the paper): the omega-bound
+#: with each image's own omega, maximised by projected gradient ascent (:class:`~paperlib.bounds.stage.BoundConfig`'s
+#: ``omega_ascent_steps`` and ``omega_per_image``). The tables show it beside the paper's random-sample omega.
+ADVERSARIAL_OMEGA = "omega_distance_adversarial_per_image"
+
+
 def _bound_cell(m: ModelResults, norm: str, radius: float, column: str = "omega_distance") -> dict:
     b = m.bounds.get(norm)
-    if b is None:
+    if b is None or column not in b.table.columns:  # a bounds run without the adversarial estimator
         return _MISSING
     t = b.table
     return _pct_cell(~(t["correct"].to_numpy(bool) & (t[column].to_numpy(float) >= radius)))
@@ -263,6 +294,7 @@ def _cells1(grid: dict[str, ModelResults], eps255: Sequence[float] = LINF_EPS) -
              "train_hours": _cell(_train_hours(m))}
         for e in eps255:
             r[_linf_col("omega_err", e)] = _bound_cell(m, "linf", e / 255)
+            r[_linf_col("omegaadv_err", e)] = _bound_cell(m, "linf", e / 255, ADVERSARIAL_OMEGA)
             r[_linf_col("emp_err", e)] = _emp_cell(m, "linf", e / 255)
         rows[k] = r
     return rows
@@ -270,7 +302,8 @@ def _cells1(grid: dict[str, ModelResults], eps255: Sequence[float] = LINF_EPS) -
 
 def _cols1(eps255: Sequence[float] = LINF_EPS) -> list[str]:
     return (["clean_error", "clean_error_attacked"] + [_linf_col("omega_err", e) for e in eps255]
-            + [_linf_col("emp_err", e) for e in eps255] + ["train_hours"])
+            + [_linf_col("omegaadv_err", e) for e in eps255] + [_linf_col("emp_err", e) for e in eps255]
+            + ["train_hours"])
 
 
 def _cells2(grid: dict[str, ModelResults]) -> dict[str, dict[str, dict]]:
@@ -281,13 +314,16 @@ def _cells2(grid: dict[str, ModelResults]) -> dict[str, dict[str, dict]]:
             "clean_error": _clean_cell(m), "clean_error_attacked": _clean_attacked_cell(m),
             "mean_L_bound": _mean_cell(b.table["l_bound"].to_numpy()) if b is not None else _MISSING,
             "mean_omega_bound": _mean_cell(b.table["omega_distance"].to_numpy()) if b is not None else _MISSING,
+            "mean_omega_bound_adversarial": (_mean_cell(b.table[ADVERSARIAL_OMEGA].to_numpy())
+                                             if b is not None and ADVERSARIAL_OMEGA in b.table else _MISSING),
             "mean_empirical": _mean_cell(best_values(m.suite.best, "l2")) if _attacked(m, "l2") else _MISSING,
             "train_hours": _cell(_train_hours(m)),
         }
     return rows
 
 
-_COLS2 = ["clean_error", "clean_error_attacked", "mean_L_bound", "mean_omega_bound", "mean_empirical", "train_hours"]
+_COLS2 = ["clean_error", "clean_error_attacked", "mean_L_bound", "mean_omega_bound", "mean_omega_bound_adversarial",
+          "mean_empirical", "train_hours"]
 
 
 def _cells3(grid: dict[str, ModelResults]) -> dict[str, dict[str, dict]]:
@@ -322,18 +358,31 @@ def _cols4(eps255: Sequence[float] = LINF_EPS) -> list[str]:
     return ["clean_error", "clean_error_attacked"] + [_linf_col("emp_err", e) for e in eps255]
 
 
+def smoothing_errors(certify, radii: Sequence[float] = paper.TABLEB5_RADII) -> dict[float, np.ndarray | None]:
+    """Per-image certified-error indicators of one certification run at each radius (abstentions and
+    misclassifications count as errors); None where the radius is beyond what its ``n`` and ``alpha`` can
+    certify (an error by the certificate's construction for every image, not a measurement of the model)."""
+    t = certify.table
+    cor, rad = t["correct"].to_numpy(bool), t["radius"].to_numpy(float)
+    reach = _certifiable_radius(certify)
+    return {float(r): (~(cor & (rad >= r)) if r <= reach else None) for r in radii}
+
+
 def _cells5(grid: dict[str, ModelResults]) -> dict[str, dict[str, dict]]:
+    """Table B.5's cells: at each radius the certified error of the sigma that certifies the most there (the
+    envelope over the sigmas that ran, as Cohen et al. report it; one sigma at the profile scale)."""
     rows = {}
     for k, m in grid.items():
-        if m.certify is None:
+        if not m.certify_sigmas:
             continue
-        t = m.certify.table
-        cor, rad = t["correct"].to_numpy(bool), t["radius"].to_numpy(float)
-        reach = _certifiable_radius(m.certify)
-        # A radius beyond what n noise samples can certify is an error by the certificate's construction for
-        # every image, not a measurement of the model: shown as "beyond n", never as 100%.
-        rows[k] = {f"r={r}": (_pct_cell(~(cor & (rad >= r))) if r <= reach else _cell(_NAN, interval="beyond n"))
-                   for r in paper.TABLEB5_RADII}
+        per_sigma = [smoothing_errors(c) for c in m.certify_sigmas.values()]
+        row = {}
+        for r in paper.TABLEB5_RADII:
+            errs = [e[float(r)] for e in per_sigma if e[float(r)] is not None]
+            # "beyond n" where no sigma's n can certify r: never printed as 100%
+            row[f"r={r}"] = (_pct_cell(min(errs, key=lambda e: float(e.mean()))) if errs
+                             else _cell(_NAN, interval="beyond n"))
+        rows[k] = row
     return rows
 
 
@@ -346,7 +395,55 @@ def _certifiable_radius(certify) -> float:
 
 
 def _cells6(grid: dict[str, ModelResults]) -> dict[str, dict[str, dict]]:
-    return {k: {f"r={r}": _bound_cell(m, "l2", r) for r in paper.TABLEB6_RADII} for k, m in grid.items()}
+    return {k: {**{f"r={r}": _bound_cell(m, "l2", r) for r in paper.TABLEB6_RADII},
+                **{f"adv r={r}": _bound_cell(m, "l2", r, ADVERSARIAL_OMEGA) for r in paper.TABLEB6_RADII}}
+            for k, m in grid.items()}
+
+
+def _cols6() -> list[str]:
+    return [f"r={r}" for r in paper.TABLEB6_RADII] + [f"adv r={r}" for r in paper.TABLEB6_RADII]
+
+
+def invalid_certificates(name: str, grid: dict[str, ModelResults]) -> set[tuple[str, str]]:
+    """The ``(row, column)`` cells of table ``name`` where an omega-bound "certified" % error is below the
+    empirical % error at the same radius, which a valid certificate cannot be: Table 1's omega columns against its
+    empirical linf columns, Table B.6's radii against the empirical l2 error at that radius. Other tables have no
+    such cell (Table B.5 certifies the smoothed classifier, which the attacks do not attack)."""
+    out: set[tuple[str, str]] = set()
+    for k, m in grid.items():
+        if name == "1":
+            for e in LINF_EPS:
+                emp = _emp_cell(m, "linf", e / 255)["value"]
+                for prefix in ("omega_err", "omegaadv_err"):
+                    col = _linf_col(prefix, e)
+                    cert = _bound_cell(m, "linf", e / 255, "omega_distance" if prefix == "omega_err"
+                                       else ADVERSARIAL_OMEGA)["value"]
+                    if cert < emp:  # False where either is NaN
+                        out.add((k, col))
+        elif name == "B.6":
+            for r in paper.TABLEB6_RADII:
+                emp = _emp_cell(m, "l2", r)["value"]
+                for col, column in ((f"r={r}", "omega_distance"), (f"adv r={r}", ADVERSARIAL_OMEGA)):
+                    if _bound_cell(m, "l2", r, column)["value"] < emp:
+                        out.add((k, col))
+    return out
+
+
+def clipping_table(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """Per model trained with gradient-norm clipping: the clipping norm and the % of optimizer steps it clipped
+    (over all epochs, in the first epoch, in the last), from ``train_log.csv``'s ``clipped_pct``; the last
+    epoch's test error beside them. Empty for a grid trained without clipping."""
+    rows = {}
+    for k, m in grid.items():
+        clip = getattr(m.config, "grad_clip", None)
+        log = m.log
+        if not clip or log is None or "clipped_pct" not in log.columns:
+            continue
+        pct, steps = log["clipped_pct"].to_numpy(float), log["steps"].to_numpy(float)
+        rows[k] = {"clip norm": float(clip), "clipped % of steps": float((pct * steps).sum() / steps.sum()),
+                   "first epoch": float(pct[0]), "last epoch": float(pct[-1]),
+                   "test % error (last epoch)": float(log["test_error_pct"].iloc[-1])}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def _values_of(rows: dict[str, dict[str, dict]]) -> dict[str, dict[str, float]]:
@@ -383,7 +480,7 @@ def tableB5(grid: dict[str, ModelResults]) -> pd.DataFrame:
 
 def tableB6(grid: dict[str, ModelResults]) -> pd.DataFrame:
     """Table B.6: omega-bound certified % error at the paper's l2 radii."""
-    return _frame(_values_of(_cells6(grid)), _keys("B.6"), [f"r={r}" for r in paper.TABLEB6_RADII])
+    return _frame(_values_of(_cells6(grid)), _keys("B.6"), _cols6())
 
 
 _TABLES = {"1": table1, "2": table2, "B.3": tableB3, "B.4": tableB4, "B.5": tableB5, "B.6": tableB6}
@@ -391,7 +488,7 @@ _CELLS = {"1": (_cells1, lambda: _keys("1"), _cols1), "2": (_cells2, lambda: _ke
           "B.3": (_cells3, lambda: _keys("B.3"), lambda: list(paper.TABLEB3_COLUMNS)),
           "B.4": (_cells4, lambda: list(paper.TABLEB4), _cols4),
           "B.5": (_cells5, lambda: _keys("B.5"), lambda: [f"r={r}" for r in paper.TABLEB5_RADII]),
-          "B.6": (_cells6, lambda: _keys("B.6"), lambda: [f"r={r}" for r in paper.TABLEB6_RADII])}
+          "B.6": (_cells6, lambda: _keys("B.6"), _cols6)}
 
 
 def our_table(name: str, grid: dict[str, ModelResults]) -> pd.DataFrame:
@@ -418,15 +515,21 @@ def column_header(name: str, column: str) -> str:
     2/255'`` for Table 1's ``omega_err_2``."""
     fixed = {"clean_error": "clean % error (whole test set)", "clean_error_attacked": "clean % error (attacked images)",
              "train_hours": "training hours", "mean_L_bound": "mean L-bound l2 distance",
-             "mean_omega_bound": "mean omega-bound l2 distance", "mean_empirical": "mean best-attack l2 distance",
+             "mean_omega_bound": "mean omega-bound l2 distance",
+             "mean_omega_bound_adversarial": "mean adversarial omega-bound l2 distance (per image; not in the paper)",
+             "mean_empirical": "mean best-attack l2 distance",
              "grad_mean": "mean l2 norm of the margin loss's input gradient",
              "grad_max": "max l2 norm of the margin loss's input gradient",
              "omega_0.5": "omega(0.5), l2", "omega_1.0": "omega(1.0), l2"}
     if column in fixed:
         return fixed[column]
-    for prefix, what in (("omega_err_", "omega-bound % error"), ("emp_err_", "empirical % error")):
+    for prefix, what in (("omega_err_", "omega-bound % error"),
+                         ("omegaadv_err_", "adversarial omega-bound % error (per image; not in the paper)"),
+                         ("emp_err_", "empirical % error")):
         if column.startswith(prefix):
             return f"{what} at eps = {column[len(prefix):]}/255"
+    if column.startswith("adv r="):
+        return f"adversarial omega-bound (per image; not in the paper) certified % error at l2 radius {column[6:]}"
     if column.startswith("r="):
         what = "smoothing certified % error" if name == "B.5" else "omega-bound certified % error"
         return f"{what} at l2 radius {column[2:]}"
@@ -544,18 +647,30 @@ def check_messages(grid: dict[str, ModelResults], name: str) -> pd.Series:
                       for k, m in grid.items() if m.suite is not None}, name=name)
 
 
+#: The lower bounds :func:`~paperlib.report.results.bound_audit` checks, ``bounds.csv`` column -> the name its
+#: column carries (``'<name> violations %'``; :data:`paperlib.bounds.audit.BOUND_LABELS`); the adversarial ones
+#: only where the bounds run computed them.
+AUDITED_BOUNDS = BOUND_LABELS
+
+
 def bound_audit(grid: dict[str, ModelResults]) -> pd.DataFrame:
-    """Per model and norm: % of attacked images where the L-bound or the omega-bound exceeds the best
-    adversarial distance found (a violated lower bound; :func:`paperlib.bounds.audit.audit_bounds`)."""
+    """Per model and norm: % of attacked images where a lower bound exceeds the best adversarial distance found
+    (a violated lower bound; :func:`paperlib.bounds.audit.audit_bounds`): the L-bound, the paper's omega-bound and,
+    where the bounds run has them, the adversarial omega-bound with omega's supremum over the images and with each
+    image's own omega (:data:`AUDITED_BOUNDS`; NaN where a run lacks one). ``compared``: the images some attack
+    broke; ``max excess``: the largest amount by which the per-image adversarial bound exceeds an attack."""
     rows = []
     for k, m in grid.items():
         if m.suite is None:
             continue
         for norm, b in m.bounds.items():
-            a = audit_bounds(b.table, m.suite.best, norm, columns=["l_bound", "omega_distance"]).set_index("bound")
-            rows.append({"row": k, "norm": norm, "compared": int(a.loc["l_bound", "n_compared"]),
-                         "L-bound violations %": float(a.loc["l_bound", "violation_rate"]),
-                         "omega-bound violations %": float(a.loc["omega_distance", "violation_rate"])})
+            cols = [c for c in AUDITED_BOUNDS if c in b.table.columns]
+            a = audit_bounds(b.table, m.suite.best, norm, columns=cols).set_index("bound")
+            row = {"row": k, "norm": norm, "compared": int(a.loc["l_bound", "n_compared"])}
+            for c, what in AUDITED_BOUNDS.items():
+                row[f"{what} violations %"] = float(a.loc[c, "violation_rate"]) if c in a.index else _NAN
+            row["max excess"] = float(a.loc[ADVERSARIAL_OMEGA, "max_excess"]) if ADVERSARIAL_OMEGA in a.index else _NAN
+            rows.append(row)
     return pd.DataFrame(rows).set_index(["row", "norm"]) if rows else pd.DataFrame()
 
 
@@ -588,16 +703,20 @@ DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "image
 
 def grid_names(grid: dict[str, ModelResults]) -> dict[str, Any]:
     """The names a generated text may use for ``grid``: its ``profile``, ``dataset`` (as written in a sentence,
-    :data:`~paperlib.report.results.DATASET_NAMES`) and ``model`` (from the training configs) and ``n_images``,
-    the number of attacked images (the smallest over the models)."""
+    :data:`~paperlib.report.results.DATASET_NAMES`) and ``model`` (from the training configs), ``n_images``,
+    the number of attacked images (the smallest over the models), the evaluation ``scale`` and the ``command``
+    that computes the grid."""
     cfgs = [m.config for m in grid.values() if m.config is not None]
 
     def pick(attr: str, names: dict[str, str] | None = None) -> str:
         return ", ".join(sorted({(names or {}).get(str(getattr(c, attr)), str(getattr(c, attr))) for c in cfgs})) or "?"
 
     n = [int(m.suite.best["image"].nunique()) for m in grid.values() if m.suite is not None and len(m.suite.best)]
-    return {"profile": pick("profile"), "dataset": pick("dataset", DATASET_NAMES), "model": pick("model"),
-            "n_images": min(n) if n else 0}
+    scale = ", ".join(sorted({m.scale for m in grid.values()})) or "profile"
+    profile = pick("profile")
+    command = f"paperlib reproduce --profile {profile}" + (" --scale paper" if scale == "paper" else "")
+    return {"profile": profile, "dataset": pick("dataset", DATASET_NAMES), "model": pick("model"),
+            "n_images": min(n) if n else 0, "scale": scale, "command": command}
 
 
 def _label(key: str) -> str:
@@ -916,15 +1035,20 @@ def _violations_row(grid: dict[str, ModelResults], names: dict[str, Any]) -> tup
     if not len(audit):
         return ("bound-violations", claim, measure, "not reported", "\u2013", "not resolved", "no bounds audited")
     parts, verdicts, ours = [], [], []
-    for col, what in (("L-bound violations %", "L-bound"), ("omega-bound violations %", "omega-bound")):
-        k = int(round(float((audit[col] * audit["compared"] / 100).sum())))
-        n = int(audit["compared"].sum())
+    for what in AUDITED_BOUNDS.values():
+        col = f"{what} violations %"
+        have = audit[col].notna()
+        if not have.any():
+            continue
+        k = int(round(float((audit.loc[have, col] * audit.loc[have, "compared"] / 100).sum())))
+        n = int(audit.loc[have, "compared"].sum())
         lo, hi = wilson_interval(k, n)
-        verdicts.append("does not hold" if lo > 0 else "not resolved")
+        if what in ("L-bound", "omega-bound"):  # the paper's bounds carry the verdict; ours are reported beside
+            verdicts.append("does not hold" if lo > 0 else "not resolved")
         ours.append(f"{what} {100 * k / n:.1f}%")
         parts.append(f"{what}: {k} of {n} image-model-norm cases violated ({100 * k / n:.1f}% [{lo:.1f}, {hi:.1f}], "
-                     f"Wilson; {len(audit)} model-norm pairs of {names['n_images']} {names['dataset']} images; "
-                     f"max {audit[col].max():.0f}% on one model)")
+                     f"Wilson; {int(have.sum())} model-norm pairs of {names['n_images']} {names['dataset']} "
+                     f"images; max {audit[col].max():.1f}% on one model)")
     return ("bound-violations", claim, measure, "not reported", ", ".join(ours),
             "does not hold" if "does not hold" in verdicts else "not resolved", "; ".join(parts))
 
