@@ -224,8 +224,15 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
 
         if "attack" in stages:
             acfg = evals["attack"]
-            suite = timed_stage("attack", stage_subrun(run, acfg), attack_model, model, x, y, idx,
-                                acfg, progress=progress)
+            asub = stage_subrun(run, acfg)
+            fresh = not asub.is_finished()
+            # an escalating suite reuses the finished first phase (AttackConfig.escalate): its stage seconds are
+            # the first phase's, as recorded when it was computed, plus this invocation's
+            before = stage_seconds(store.root / profile, tag).get(key, {}).get("attack", 0.0)
+            suite = timed_stage("attack", asub, attack_model, model, x, y, idx, acfg, progress=progress)
+            if fresh and suite.summary.get("reused_first_phase"):
+                computed["attack"] = computed.get("attack", 0.0) + before
+                _record_timing(store.root / profile, key, computed, tag)
             failed = [c[0] for c in suite.checks if not c[1]]
             log(f"    attacks done; checks {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
         if "bound" in stages:

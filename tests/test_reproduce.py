@@ -173,3 +173,27 @@ def test_reproduce_at_paper_scale_trains_the_paper_scale_grid(monkeypatch, tmp_p
     reproduce("fmnist", tmp_path, stages=("train",), only=("undefended",), scale="paper", recipe={},
               log=lambda *a: None)
     assert seen == ["undefended-rc1ca23", "undefended"]
+
+
+@requires_fmnist
+def test_an_attack_stage_that_reused_its_first_phase_keeps_that_phases_seconds(tmp_path, monkeypatch):
+    import json
+    import time
+    import types
+
+    import paperlib.reproduce as rep
+
+    reproduce("smoke", tmp_path, stages=("train",), only=["undefended"], progress=False, log=lambda _: None)
+    timings = tmp_path / "smoke" / "timings" / "undefended.json"
+    recorded = json.loads(timings.read_text())
+    timings.write_text(json.dumps({**recorded, "attack": 100.0}))  # the first phase, computed earlier
+
+    def reused(model, x, y, idx, cfg, run, **kw):  # an escalating suite that reused the finished first phase
+        run.path.mkdir(parents=True, exist_ok=True)
+        time.sleep(0.5)  # this invocation's part
+        return types.SimpleNamespace(summary={"reused_first_phase": True}, checks=[])
+
+    monkeypatch.setattr(rep, "attack_model", reused)
+    reproduce("smoke", tmp_path, stages=("attack",), only=["undefended"], progress=False, log=lambda _: None)
+    seconds = json.loads(timings.read_text())
+    assert 100.5 <= seconds["attack"] < 160.0 and seconds["train"] == recorded["train"]  # 100 + this part
