@@ -325,3 +325,17 @@ def test_a_certified_error_below_the_empirical_error_is_flagged_on_tables_1_and_
     assert len(ours) == 4 and all(v.endswith(display.INVALID_MARK) for v in ours)
     adv = next(t for t in parts if "maximised by gradient ascent" in t.caption)
     assert "below the empirical" not in adv.caption and not any(display.INVALID_MARK in v for v in adv.frame.values.ravel())
+
+
+def test_the_estimator_table_says_how_each_l_and_omega_was_estimated():
+    import types
+
+    fit = lambda ok: {"estimator": "EVT accepted" if ok else "empirical max (fit rejected)"}  # noqa: E731
+    evt = {"lipschitz": {"evt": {"ks_pvalue": 0.4}}, "lipschitz_estimator": {"evt": "EVT accepted"},
+           "omega": [fit(True), fit(False), fit(True)]}
+    m = _model("undefended", bounds={"l2": types.SimpleNamespace(evt=evt)})
+    t = results.estimator_table({"undefended": m})
+    row = t.loc[("undefended", "l2")]
+    assert row["L"] == "EVT accepted" and row["L fit KS p"] == 0.4
+    assert row["omega (random samples): fits accepted"] == "2 of 3"
+    assert row["omega (adversarial): fits accepted"] == "not computed"
