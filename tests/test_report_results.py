@@ -339,3 +339,18 @@ def test_the_estimator_table_says_how_each_l_and_omega_was_estimated():
     assert row["L"] == "EVT accepted" and row["L fit KS p"] == 0.4
     assert row["omega (random samples): fits accepted"] == "2 of 3"
     assert row["omega (adversarial): fits accepted"] == "not computed"
+
+
+def test_a_comparison_of_models_attacked_at_different_budgets_says_so():
+    import types
+
+    def with_factor(key, factor):
+        summary = {"convergence": {"factor": {"l2": factor}} if factor > 1 else {}}
+        return _model(key, suite=types.SimpleNamespace(summary=summary))
+
+    a, b = with_factor("fd-l2-lam1", 2), with_factor("pgd-at-8", 1)
+    assert results.attack_budget(a, "l2") == 2 and results.attack_budget(a, "linf") == 1
+    note = results._budget_note(a, b, "mean best-attack l2 distance")
+    assert "fd-l2-lam1 x2, pgd-at-8 x1 in l2" in note
+    assert results._budget_note(a, b, "empirical % error at eps = 8/255 (linf)") == ""  # linf budgets are equal
+    assert results._budget_note(b, b, "mean best-attack l2 distance") == ""

@@ -57,7 +57,7 @@ __all__ = [
     "attack_costs", "stage_hours", "model_error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
     "table_cells", "display_table", "column_header", "format_interval", "comparisons", "closest_comparisons",
     "verdict_table", "grid_names", "CELL_COLUMNS", "DATASET_NAMES", "smoothing_errors",
-    "invalid_certificates", "ADVERSARIAL_OMEGA", "AUDITED_BOUNDS", "clipping_table", "estimator_table",
+    "invalid_certificates", "ADVERSARIAL_OMEGA", "AUDITED_BOUNDS", "clipping_table", "estimator_table", "attack_budget",
 ]
 
 #: The linf radii reported, in units of 1/255. The paper's are 2 and 8; 16 and 32 are added for Fashion-MNIST,
@@ -816,7 +816,28 @@ def _describe(row: dict, names: dict[str, Any]) -> str:
             else f": {row.get('a_label') or _label(row['a'])}{op}{row.get('b_label') or _label(row['b'])}")
     return (f"{row['comparison']}{what} = {row['difference']:.{d}f} "
             f"[{row['low']:.{d}f}, {row['high']:.{d}f}] ({row['measure']}; {row['interval']}, {sample}): "
-            f"the 95% interval {where}")
+            f"the 95% interval {where}" + (f" ({row['note']})" if row.get("note") else ""))
+
+
+def attack_budget(m: ModelResults, norm: str) -> int:
+    """The multiple of the suite's budgets behind a model's best distances in ``norm``: 1, or ``2**r`` after ``r``
+    escalation rounds (``AttackConfig.escalate``; the convergence record's ``factor``)."""
+    if m.suite is None:
+        return 1
+    return int(((m.suite.summary.get("convergence") or {}).get("factor") or {}).get(norm, 1))
+
+
+def _budget_note(ma: ModelResults, mb: ModelResults, measure: str) -> str:
+    """A warning where the two models' attacks ended at different budgets in the measure's norm: the one attacked
+    with less looks more robust than the same budget would show."""
+    norm = "l2" if "best-attack l2" in measure else "linf" if "(linf)" in measure else None
+    if norm is None or ma is None or mb is None:
+        return ""
+    fa, fb = attack_budget(ma, norm), attack_budget(mb, norm)
+    if fa == fb:
+        return ""
+    return (f"attack budgets differ: {ma.key} x{fa}, {mb.key} x{fb} in {norm}, after escalation where the "
+            "convergence check failed; the model attacked with less looks more robust than equal budgets would show")
 
 
 def comparisons(grid: dict[str, ModelResults]) -> pd.DataFrame:
@@ -860,7 +881,7 @@ def comparisons(grid: dict[str, ModelResults]) -> pd.DataFrame:
             return
         add(cid, comparison, measure, unit, a, b,
             paired_difference_interval(both["a"].to_numpy(), both["b"].to_numpy()), target, direction,
-            n=len(both), interval="paired bootstrap")
+            n=len(both), interval="paired bootstrap", note=_budget_note(ma, mb, measure))
 
     def clean(cid, comparison, a, b):
         ma, mb = grid.get(a), grid.get(b)
