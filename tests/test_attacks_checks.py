@@ -157,7 +157,8 @@ def test_convergence_check_at_the_grid_config_fires_on_two_pgd_steps_and_not_on_
     model, x, y, idx = committed
     verdicts = {}
     for steps in (40, 2):
-        cfg = AttackConfig.cheap(attacks=("pgd",), n_images=50, batch_size=50, pgd_steps=steps)
+        # the check itself, on the first phase (escalation would re-attack where it fires)
+        cfg = AttackConfig.cheap(attacks=("pgd",), n_images=50, batch_size=50, pgd_steps=steps, escalate=0)
         res = run_attack_suite(model, x[:50], y[:50], idx[:50], cfg, progress=False)
         verdicts[steps] = {c.name: c for c in res.checks}["attacks_converged"]
     assert verdicts[40].passed, verdicts[40].message

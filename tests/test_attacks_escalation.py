@@ -53,6 +53,7 @@ def test_escalate_needs_the_convergence_check():
         AttackConfig(escalate=1, convergence_n=0)
     with pytest.raises(ConfigError, match="escalate"):
         AttackConfig(escalate=-1)
+    assert AttackConfig.cheap().escalate == 1 and AttackConfig.cheap(convergence_n=0).escalate == 0
     cfg = AttackConfig(**WEAK)
     assert dataclasses.replace(cfg, escalate=2).escalated(4, ["l2"]).attacks == ("pgd", "cw", "logbarrier")
     assert attack_run_name(dataclasses.replace(cfg, escalate=0)) == attack_run_name(cfg)  # 0 is the committed default

@@ -382,7 +382,9 @@ class AttackConfig:
         """The recommended configuration for the grid evaluation:
         :data:`~paperlib.attacks.suite.CHEAP_BUDGETS` (per-image early stopping in every attack and budgets
         measured against the convergence check, see ``benchmarks/bench_attack_budget.py``), with ``overrides``
-        (any field, e.g. ``n_images``) on top."""
+        (any field, e.g. ``n_images``) on top; ``convergence_n=0`` turns the escalation off with the check."""
+        if overrides.get("convergence_n") == 0:  # no convergence check: nothing to escalate on
+            overrides.setdefault("escalate", 0)
         return cls(**{**CHEAP_BUDGETS, **overrides})
 
     def jobs(self) -> list[tuple[str, str]]:
