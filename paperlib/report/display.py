@@ -156,7 +156,7 @@ _PARTS: dict[str, list[tuple[str, tuple[str, ...] | str]]] = {
             ("% error certified by the omega-bound with each image's omega maximised by gradient ascent (not in "
              "the paper) at l2 radius r (95% Wilson interval)", "adv r=")],
 }
-_SPLIT_RADII = {"B.5": 4, "B.6": 4}
+_SPLIT_RADII = {"B.5": 4, "B.6": 3}
 
 _SHORT = {"clean_error": "whole test set", "clean_error_attacked": "attacked images", "train_hours": "training hours",
           "mean_L_bound": "L-bound", "mean_omega_bound": "omega-bound", "mean_empirical": "best attack",
