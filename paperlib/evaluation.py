@@ -138,6 +138,17 @@ BOUND_ESTIMATORS: dict[str, Any] = dict(omega_ascent_steps=10, omega_ascent_star
                                         omega_ascent_warm=True, omega_refine_steps=50,
                                         evt_maxima=50, lipschitz_samples=10, omega_extend=1.25, evt_tail="bounded")
 
+#: Matched attack budgets in the paper-scale grid, per profile: ``{model key: norms}`` whose first escalation round
+#: runs whether or not the model's own convergence check fails (``AttackConfig.escalate_norms``). The rule: two
+#: models compared in a norm on the verdict page are attacked at the same budget there, so a model compared with
+#: one whose check escalated escalates too. On fmnist fd-l2-lam1 escalated in l2 and is compared in l2 with the
+#: undefended model (gain-l2), pgd-at-8 (vs-at-l2) and dbp-l2-lam1 (fd-vs-dbp-robust-l2), which converged; the
+#: linf comparisons need nothing (no model escalated in linf). ``tests/test_committed_runs.py`` checks the rule on
+#: the committed grid: no comparison of the verdict page is made at two budgets.
+MATCHED_ESCALATION: dict[str, dict[str, tuple[str, ...]]] = {
+    "fmnist": {"undefended": ("l2",), "pgd-at-8": ("l2",), "dbp-l2-lam1": ("l2",)},
+}
+
 #: ``'profile'``: the profile's own evaluation budgets (what its committed runs were computed with);
 #: ``'paper'``: the paper's scale where this machine allows it: 1000 images, the cheap early-stopping attack
 #: budgets, the recommended bound estimators, smoothing as the certification grid. Only fmnist defines it.
@@ -199,14 +210,15 @@ _CERTIFY_GRID: dict[str, dict[str, Any]] = {
 }
 
 
-def evaluation_budgets(profile: str, scale: str = "profile") -> dict[str, dict[str, Any]]:
+def evaluation_budgets(profile: str, scale: str = "profile", model: str | None = None) -> dict[str, dict[str, Any]]:
     """The keyword arguments of a profile's evaluation configs: ``{'attack': AttackConfig's, 'bound-l2' and
     'bound-linf': BoundConfig's, 'certify': CertifyConfig's}``; the profile's image count and evaluation batch
     size with its budgets. :func:`paperlib.reproduce.evaluation_configs` builds the configs from them.
 
     ``scale='paper'`` (see :data:`~paperlib.evaluation.SCALES`) gives the paper-scale evaluation where the profile
     defines one; its certify entry is the first sigma of the certification grid
-    (:func:`~paperlib.evaluation.certify_grid_budgets` has all of them)."""
+    (:func:`~paperlib.evaluation.certify_grid_budgets` has all of them). ``model`` (a grid key, or a seeded key
+    ``<key>@seed<k>``) adds that model's matched escalation at paper scale (:data:`MATCHED_ESCALATION`)."""
     check_choice("scale", scale, SCALES)
     prof = get_profile(profile)
     budgets = _EVAL[prof.name]
@@ -225,6 +237,9 @@ def evaluation_budgets(profile: str, scale: str = "profile") -> dict[str, dict[s
     paper = _PAPER_SCALE[prof.name]
     n = paper["n_images"]
     attack = {"n_images": n, **paper["attack"]}
+    matched = MATCHED_ESCALATION.get(prof.name, {}).get(model.split("@")[0] if model else "")
+    if matched:
+        attack["escalate_norms"] = matched
     return {
         "attack": attack,
         "bound-l2": {**out["bound-l2"], "n_images": n, **paper["bound"]},

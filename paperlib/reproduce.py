@@ -95,11 +95,11 @@ def grid(profile: str, recipe: dict[str, Any] | None = None, free_schedule: str 
     return g
 
 
-def evaluation_configs(profile: str, scale: str = "profile") -> dict[str, Any]:
+def evaluation_configs(profile: str, scale: str = "profile", model: str | None = None) -> dict[str, Any]:
     """The attack, bound (l2 and linf) and certify configs of a profile: ``{'attack', 'bound-l2',
     'bound-linf', 'certify'}``, built from its budgets (:func:`~paperlib.evaluation.evaluation_budgets`; ``scale``
-    'profile' or 'paper')."""
-    kw = evaluation_budgets(profile, scale)
+    'profile' or 'paper'; ``model``, a grid key, for its matched attack budget)."""
+    kw = evaluation_budgets(profile, scale, model)
     return {"attack": AttackConfig(**kw["attack"]), "bound-l2": BoundConfig(**kw["bound-l2"]),
             "bound-linf": BoundConfig(**kw["bound-linf"]), "certify": CertifyConfig(**kw["certify"])}
 
@@ -223,7 +223,7 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
             return out
 
         if "attack" in stages:
-            acfg = evals["attack"]
+            acfg = evaluation_configs(profile, scale, key)["attack"]  # the model's matched budget, if any
             asub = stage_subrun(run, acfg)
             fresh = not asub.is_finished()
             # an escalating suite reuses the finished first phase (AttackConfig.escalate): its stage seconds are

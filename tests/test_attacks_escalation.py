@@ -103,3 +103,42 @@ def test_an_escalating_suite_reuses_the_finished_suite_without_escalation(tmp_pa
     ok = run_attack_suite(model, x, y, idx, dataclasses.replace(ok_cfg, escalate=2), progress=False)
     assert ok.summary["escalation"] == []
     np.testing.assert_array_equal(ok.best["best"], run_attack_suite(model, x, y, idx, ok_cfg, progress=False).best["best"])
+
+
+def test_escalate_norms_escalates_a_converged_norm_to_match_a_compared_models_budget(tmp_path):
+    model, x, y, idx = _setup()
+    ok_cfg = AttackConfig(**{**WEAK, "convergence_tol": 10.0, "convergence_tail": None})  # every check passes
+    model_dir = tmp_path / "model"
+    base = attack_model(model, x, y, idx, ok_cfg, Run(model_dir / attack_run_name(ok_cfg), ok_cfg), progress=False)
+    cfg = dataclasses.replace(ok_cfg, escalate=1, escalate_norms=("l2",))
+    res = attack_model(model, x, y, idx, cfg, Run(model_dir / attack_run_name(cfg), cfg), progress=False)
+    assert res.summary["reused_first_phase"] is True  # the suite without escalation is the first phase
+    (record,) = res.summary["escalation"]
+    assert record["norms"] == ["l2"] and record["matched"] == ["l2"]
+    assert res.summary["convergence"]["factor"] == {"l2": 2}  # what results.attack_budget reads
+    b, e = base.best.set_index(["image", "norm"])["best"], res.best.set_index(["image", "norm"])["best"]
+    assert (e <= b.reindex(e.index)).all()
+    lin = lambda r: r.attacks[r.attacks["norm"] == "linf"].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(lin(res), lin(base))  # the linf jobs are not re-run
+    # without escalate_norms the same converged model is not escalated, and the field keeps the hash
+    assert run_attack_suite(model, x, y, idx, dataclasses.replace(ok_cfg, escalate=1), progress=False
+                            ).summary["escalation"] == []
+    assert attack_run_name(dataclasses.replace(ok_cfg, escalate=1, escalate_norms=())) == \
+        attack_run_name(dataclasses.replace(ok_cfg, escalate=1))
+    assert attack_run_name(cfg) != attack_run_name(dataclasses.replace(ok_cfg, escalate=1))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(escalate_norms=("l2",)), "needs an escalation round"),
+    (dict(escalate=1, convergence_n=5, norms=("linf",), escalate_norms=("l2",)), "'l2' is not among norms"),
+    (dict(escalate=1, convergence_n=5, escalate_norms=("l3",)), "l3"),
+])
+def test_bad_escalate_norms_are_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        AttackConfig(**kwargs)
+
+
+def test_escalate_norms_normalise_to_the_canonical_order():
+    cfg = AttackConfig(escalate=1, convergence_n=5, escalate_norms=["LINF", "l2", "linf"])
+    assert cfg.escalate_norms == ("l2", "linf")
+    assert AttackConfig(escalate=1, convergence_n=5, escalate_norms="l2").escalate_norms == ("l2",)

@@ -117,3 +117,16 @@ def test_committed_numbers_are_unchanged():
     assert bounds.omega()[0.5] == 0.01773850806057453
     cert = load_certify(open_run(f"{PROFILE}/undefended/certify-sigma0.25", "CertifyConfig"))
     assert cert.metrics["certified_error@0.25"] == 38.333333333333336
+
+
+def test_no_comparison_of_the_verdict_page_is_made_at_two_attack_budgets():
+    """The matched-budget rule (``paperlib.evaluation.MATCHED_ESCALATION``) holds on the committed paper-scale
+    grid: the two models of every comparison were attacked at the same budget in its norm."""
+    from paperlib.report import results
+
+    grid = results.load_grid(PROFILE, ROOT, scale="paper")
+    if len(grid) < 17 or any(m.suite is None for m in grid.values()):
+        pytest.skip("the paper-scale grid's attack suites are not all committed")
+    comps = results.comparisons(grid)
+    differ = comps[comps["note"].str.contains("attack budgets differ", regex=False)]
+    assert differ.empty, "compared at two budgets: " + "; ".join(differ["note"])

@@ -125,6 +125,9 @@ class AttackConfig:
             previous budgets, keeps per image and attack the closer adversarial, and checks convergence again
             with those budgets doubled on the first ``convergence_n`` images. A finished run of the same config
             without escalation (``attack-<hash of escalate=0>`` beside this one) is reused as the first phase.
+        escalate_norms: norms that the first escalation round re-attacks whether or not their convergence check
+            fails (needs ``escalate >= 1``; default none). It matches the budget of a model to that of a model it
+            is compared with, which escalated: two models compared at different budgets are not comparable.
         convergence_tol: the doubled budget may change the median best distance by at most this fraction.
         masking_ratio: an image is flagged for possible gradient masking when the Boundary attack's l2
             distance is below ``masking_ratio`` times the best gradient attack's.
@@ -250,6 +253,7 @@ class AttackConfig:
     logbarrier_outer_patience: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
     top_k: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
     escalate: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
+    escalate_norms: tuple[str, ...] = field(default=(), metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         attacks = tuple(self.attacks) if not isinstance(self.attacks, str) else (self.attacks,)
@@ -326,6 +330,14 @@ class AttackConfig:
         if self.escalate and not self.convergence_n:
             raise ConfigError(f"escalate={self.escalate} needs the convergence check to decide when; set "
                               "convergence_n > 0 (e.g. 50)")
+        forced = (self.escalate_norms,) if isinstance(self.escalate_norms, str) else tuple(self.escalate_norms)
+        forced = tuple(dict.fromkeys(normalize_norm(n) for n in forced))
+        for n in forced:
+            if n not in self.norms:
+                raise ConfigError(f"escalate_norms={self.escalate_norms!r}: {n!r} is not among norms={self.norms}")
+        if forced and not self.escalate:
+            raise ConfigError(f"escalate_norms={self.escalate_norms!r} needs an escalation round; set escalate >= 1")
+        object.__setattr__(self, "escalate_norms", tuple(n for n in ("l2", "linf") if n in forced))
         self._check_reference()
         Misclassification(self.top_k)  # a ConfigError for anything but an integer >= 1
         if self.top_k > 1 and self.reference_attacks:
@@ -420,7 +432,7 @@ class AttackConfig:
         if not any(a not in L2_ONLY or "l2" in norms for a in attacks):
             raise ConfigError(f"no gradient attack of {self.attacks} runs in norms {tuple(norms)}")
         return dataclasses.replace(self.scaled(factor), attacks=attacks, norms=tuple(norms), escalate=0,
-                                   convergence_n=0, reference_attacks=())
+                                   escalate_norms=(), convergence_n=0, reference_attacks=())
 
     def build(self, attack: str, norm: str) -> Attack:
         """The attack object for one job, with the criterion ``Misclassification(top_k)``."""
@@ -703,10 +715,14 @@ def run_attack_suite(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: A
     escalation: list[dict] = []
     for r in range(1, cfg.escalate + 1):
         failing = convergence_failures(convergence, cfg.convergence_tol, cfg.convergence_tail)
+        matched = [n for n in cfg.escalate_norms if n not in failing] if r == 1 else []
+        if matched:  # escalated to match a compared model's budget (see escalate_norms)
+            failing = [n for n in cfg.norms if n in failing or n in matched]
         if not failing:
             break
         attacks, convergence, record = _escalation_round(model, x, y, idx, cfg, r, failing, attacks, info,
                                                          convergence, run=run, progress=progress)
+        record["matched"] = matched
         escalation.append(record)
     best = best_distances(attacks, cfg.norms)
     checks = run_checks(model, x, y, attacks, best, cfg, stats=info["stats"], convergence=convergence)
@@ -885,7 +901,7 @@ def _reusable_base(run, cfg: AttackConfig) -> Optional[SuiteResult]:
     there is one: the escalating suite reuses it as its first phase."""
     if not cfg.escalate or run is None:
         return None
-    bcfg = dataclasses.replace(cfg, escalate=0)
+    bcfg = dataclasses.replace(cfg, escalate=0, escalate_norms=())
     sibling = Run(Path(run.path).parent / attack_run_name(bcfg), bcfg)
     return load_suite(sibling) if sibling.is_finished() else None
 

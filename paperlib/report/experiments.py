@@ -39,7 +39,7 @@ from paperlib.data import check_split_count, dataset_info, load_dataset, sample_
 from paperlib.evaluation import resolve_scale, scale_training
 from paperlib.metrics import error_curves  # the notebooks call it as ex.error_curves (documented in metrics)
 from paperlib.reproduce import evaluation_configs as profile_configs
-from paperlib.reproduce import stage_subrun
+from paperlib.reproduce import grid, seeded_key, stage_subrun
 from paperlib.runs import RunStore, default_runs_dir
 from paperlib.training import METHODS, TrainConfig, load_trained, train
 
@@ -56,6 +56,7 @@ __all__ = [
     "train_config",
     "evaluation_configs",
     "evaluation_images",
+    "grid_key",
     "run_id",
     "config_table",
     "attack_table",
@@ -165,14 +166,16 @@ def check_parameters(profile: Any = "fmnist", method: Any = "penalty", *, penalt
 
 
 def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int | None = None,
-                       scale: str = "profile") -> dict[str, Any]:
+                       scale: str = "profile", model: str | None = None) -> dict[str, Any]:
     """The profile's attack, bound and certify configs at ``scale`` (:func:`paperlib.reproduce.evaluation_configs`),
-    with ``n_images`` (images evaluated) and ``seed`` (image draw and random draws) replaced when given.
+    with ``n_images`` (images evaluated) and ``seed`` (image draw and random draws) replaced when given;
+    ``model``, the grid key of the evaluated model (:func:`grid_key`), gives its matched attack budget
+    (:data:`~paperlib.evaluation.MATCHED_ESCALATION`) as ``paperlib reproduce`` does.
 
     Returns ``{'attack', 'bound-l2', 'bound-linf', 'certify'}``; unchanged values give the profile's configs
     exactly (same hashes, so committed runs load).
     """
-    configs = profile_configs(profile, scale)
+    configs = profile_configs(profile, scale, model)
     if n_images is not None:
         n_images = check_int("n_images", n_images, 1)
         configs = {k: dataclasses.replace(c, n_images=n_images) for k, c in configs.items()}
@@ -184,6 +187,16 @@ def evaluation_configs(profile: str, *, n_images: int | None = None, seed: int |
                                                                                           "certify")},
         }
     return configs
+
+
+def grid_key(cfg: TrainConfig, scale: str = "profile") -> str | None:
+    """The key of ``cfg`` in its profile's grid at ``scale`` (``'fd-l2-lam1'``; a seeded model's
+    ``'<key>@seed<k>'``), or None when the grid has no such model."""
+    recipe, free_schedule = scale_training(cfg.profile, scale)
+    for key, c in grid(cfg.profile, recipe, free_schedule).items():
+        if dataclasses.replace(c, seed=cfg.seed) == cfg:
+            return seeded_key(key, cfg.seed)
+    return None
 
 
 def evaluation_images(dataset: str, n: int, seed: int):
@@ -278,8 +291,8 @@ def prepare(profile: str = "fmnist", method: str = "penalty", *, penalty: str = 
     cfg = train_config(profile, method, penalty=penalty, norm=norm, lam=lam, h=h, eps=eps, m=m, epochs=epochs,
                        seed=seed, scale=scale)
     run = train(cfg, store, progress=progress)
-    exp = Experiment(store=store, cfg=cfg, run=run, model_id=run_id(run, store.root),
-                     evals=evaluation_configs(profile, n_images=n_images, seed=seed, scale=scale), scale=scale)
+    evals = evaluation_configs(profile, n_images=n_images, seed=seed, scale=scale, model=grid_key(cfg, scale))
+    exp = Experiment(store=store, cfg=cfg, run=run, model_id=run_id(run, store.root), evals=evals, scale=scale)
     if evaluate:
         exp.model, _ = load_trained(run)
         acfg = exp.evals["attack"]

@@ -138,7 +138,7 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None,
         res = ModelResults(key=key, path=run.path, run_id=f"{cfg.profile}/{run.path.name}", config=cfg,
                            metrics=run.read_json("metrics.json"), log=run.read_table("train_log.csv"),
                            seconds=seconds.get(key, {}), scale=scale)
-        sub = stage_subrun(run, evals["attack"])
+        sub = stage_subrun(run, profile_evaluation_configs(profile, scale, key)["attack"])  # matched budgets
         if sub.is_finished():
             res.suite = load_suite(sub)
             res.subruns.append(sub.path.name)
