@@ -30,6 +30,44 @@ def smoke_grid(tmp_path_factory):
     mp.undo()
 
 
+
+def test_seeded_models_load_apart_and_their_comparisons_sit_beside_the_grids(smoke_grid):
+    """``reproduce --seeds 1`` retrains the models; load_seeds finds them under ``<key>@seed1`` (load_grid does
+    not), and seed_comparisons makes every comparison of two retrained models again beside the seed-0 row."""
+    import paperlib.reproduce as rep
+
+    grid, root = smoke_grid
+    assert results.load_seeds("smoke", root) == {}  # nothing retrained yet: no rows either
+    assert results.seed_comparisons(grid, {}).empty
+    rep.reproduce("smoke", root, only=KEYS, seeds=(1,), stages=("train", "attack"), progress=False,
+                  log=lambda *a: None)
+    seeded = results.load_seeds("smoke", root, seeds=(1, 2))
+    assert sorted(seeded) == [f"{k}@seed1" for k in sorted(KEYS)]
+    assert set(results.load_grid("smoke", root)) == set(grid)  # the grid itself is unchanged
+    m = seeded["fd-l2-lam1@seed1"]
+    assert m.config.seed == 1 and m.path.name.endswith("-seed1") and m.suite is not None and not m.bounds
+    out = results.seed_comparisons(grid, seeded)
+    gain = out[out["claim"] == "gain-l2"]
+    assert gain["seed"].tolist() == [0, 1] and set(gain["a"]) == {"fd-l2-lam1"}
+    comps = results.comparisons(grid).set_index("claim")
+    assert gain["difference"].iloc[0] == comps.loc["gain-l2", "difference"]  # seed 0 is the grid's row
+    # the seed-1 row is the same measure on the retrained models: mean best l2 of a minus b
+    d = m.suite.best[m.suite.best["norm"] == "l2"].set_index("image")["best"]
+    u = seeded["undefended@seed1"].suite.best
+    u = u[u["norm"] == "l2"].set_index("image")["best"]
+    both = pd.concat([d, u], axis=1, join="inner")
+    both = both[np.isfinite(both).all(axis=1)]
+    assert gain["difference"].iloc[1] == pytest.approx(float((both.iloc[:, 0] - both.iloc[:, 1]).mean()))
+    only = results.seed_comparisons(grid, seeded, which=comps.reset_index().query("claim == 'gain-l2'"))
+    assert set(only["claim"]) == {"gain-l2"}
+
+
+def test_closest_comparisons_leave_out_training_time_ratios():
+    comps = pd.DataFrame({"claim": ["cost", "a", "b", "c"], "unit": ["ratio", "l2", "points", "l2"],
+                          "verdict": ["not resolved", "holds", "holds", "not evaluated"],
+                          "closeness": [0.01, 0.5, 0.2, 0.0]})
+    assert results.closest_comparisons(comps)["claim"].tolist() == ["b", "a"]
+
 @requires_fmnist
 def test_load_grid_reads_every_stage(smoke_grid):
     grid, root = smoke_grid

@@ -18,7 +18,7 @@ radius); mean distances over that sample with clean errors at distance 0; linf r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,7 +45,7 @@ from paperlib.metrics import (
 from paperlib.report import paper
 from paperlib.bounds.smoothing import certify_grid_configs
 from paperlib.evaluation import resolve_scale, scale_training
-from paperlib.reproduce import SMOOTHING_MODELS, diverged_note, recipe_tag, stage_seconds, stage_subrun
+from paperlib.reproduce import SMOOTHING_MODELS, diverged_note, recipe_tag, seeded_key, stage_seconds, stage_subrun
 from paperlib.reproduce import evaluation_configs as profile_evaluation_configs
 from paperlib.reproduce import grid as profile_grid
 from paperlib.runs import RunStore, default_runs_dir
@@ -57,7 +57,7 @@ __all__ = [
     "attack_costs", "stage_hours", "model_error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
     "table_cells", "display_table", "column_header", "format_interval", "comparisons", "closest_comparisons",
     "verdict_table", "grid_names", "CELL_COLUMNS", "DATASET_NAMES", "smoothing_errors",
-    "invalid_certificates", "ADVERSARIAL_OMEGA", "AUDITED_BOUNDS", "clipping_table", "estimator_table", "attack_budget",
+    "invalid_certificates", "ADVERSARIAL_OMEGA", "AUDITED_BOUNDS", "clipping_table", "estimator_table", "attack_budget", "load_seeds", "seed_comparisons",
 ]
 
 #: The linf radii reported, in units of 1/255. The paper's are 2 and 8; 16 and 32 are added for Fashion-MNIST,
@@ -120,11 +120,25 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None,
     and ``'profile'`` elsewhere -- what ``paperlib reproduce --profile <p> [--scale paper]`` computed.
     Models that are not trained yet are left out; stages that have not run are None. Nothing is computed.
     """
+    return _load_models(profile, runs_dir, scale, (0,))
+
+
+def load_seeds(profile: str = "fmnist", runs_dir: str | Path | None = None, scale: str | None = None,
+               seeds: Sequence[int] = (1, 2)) -> dict[str, ModelResults]:
+    """The grid's models trained again with other seeds (``paperlib reproduce --seeds 1,2 --only ...``) that have
+    finished, with their finished evaluation stages, keyed ``'<key>@seed<k>'`` (``scale`` as in
+    :func:`load_grid`). Nothing is computed; a model without a seed-``k`` run is left out."""
+    return _load_models(profile, runs_dir, scale, tuple(int(s) for s in seeds if int(s) != 0))
+
+
+def _load_models(profile: str, runs_dir: str | Path | None, scale: str | None,
+                 seeds: Sequence[int]) -> dict[str, ModelResults]:
+    """The finished models of the grid trained with ``seeds`` (keys :func:`~paperlib.reproduce.seeded_key`)."""
     scale = resolve_scale(profile, scale)
     store = RunStore(runs_dir if runs_dir is not None else default_runs_dir())
     recipe, free_schedule = scale_training(profile, scale)
-    evals = profile_evaluation_configs(profile, scale)
-    certify_configs = (list(certify_grid_configs(profile).values()) if scale == "paper" else [evals["certify"]])
+    certify_configs = (list(certify_grid_configs(profile).values()) if scale == "paper"
+                       else [profile_evaluation_configs(profile, scale)["certify"]])
     tag = recipe_tag(recipe, free_schedule)
     seconds = stage_seconds(store.root / profile, tag)
     if scale == "paper":  # the evaluation's seconds are recorded apart from the training's
@@ -132,29 +146,41 @@ def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None,
             seconds.setdefault(key, {}).update({k: v for k, v in secs.items() if k != "train"})
     out: dict[str, ModelResults] = {}
     for key, cfg in profile_grid(profile, recipe, free_schedule).items():
-        run = store.run(cfg.profile, run_name(cfg), cfg)
-        if not run.is_finished():
-            continue
-        res = ModelResults(key=key, path=run.path, run_id=f"{cfg.profile}/{run.path.name}", config=cfg,
-                           metrics=run.read_json("metrics.json"), log=run.read_table("train_log.csv"),
-                           seconds=seconds.get(key, {}), scale=scale)
-        sub = stage_subrun(run, profile_evaluation_configs(profile, scale, key)["attack"])  # matched budgets
-        if sub.is_finished():
-            res.suite = load_suite(sub)
-            res.subruns.append(sub.path.name)
-        for norm in ("l2", "linf"):
-            sub = stage_subrun(run, evals[f"bound-{norm}"])
-            if sub.is_finished():
-                res.bounds[norm] = load_bounds(sub)
-                res.subruns.append(sub.path.name)
-        for ccfg in certify_configs if key in SMOOTHING_MODELS else []:
-            sub = stage_subrun(run, ccfg)
-            if sub.is_finished():
-                res.certify_sigmas[float(ccfg.sigma)] = load_certify(sub)
-                res.subruns.append(sub.path.name)
-        res.certify = next(iter(res.certify_sigmas.values()), None)
-        out[key] = res
+        for seed in seeds:
+            skey = seeded_key(key, seed)
+            res = _load_model(store, profile, scale, skey, replace(cfg, seed=seed) if seed else cfg,
+                              seconds.get(skey, {}), certify_configs)
+            if res is not None:
+                out[skey] = res
     return out
+
+
+def _load_model(store: RunStore, profile: str, scale: str, key: str, cfg, seconds: dict[str, float],
+                certify_configs: list) -> ModelResults | None:
+    """One model's finished training run and evaluation sub-runs (None while it is not trained)."""
+    run = store.run(cfg.profile, run_name(cfg), cfg)
+    if not run.is_finished():
+        return None
+    evals = profile_evaluation_configs(profile, scale, key)  # with the model's matched attack budget
+    res = ModelResults(key=key, path=run.path, run_id=f"{cfg.profile}/{run.path.name}", config=cfg,
+                       metrics=run.read_json("metrics.json"), log=run.read_table("train_log.csv"),
+                       seconds=seconds, scale=scale)
+    sub = stage_subrun(run, evals["attack"])
+    if sub.is_finished():
+        res.suite = load_suite(sub)
+        res.subruns.append(sub.path.name)
+    for norm in ("l2", "linf"):
+        sub = stage_subrun(run, evals[f"bound-{norm}"])
+        if sub.is_finished():
+            res.bounds[norm] = load_bounds(sub)
+            res.subruns.append(sub.path.name)
+    for ccfg in certify_configs if key.split("@")[0] in SMOOTHING_MODELS else []:
+        sub = stage_subrun(run, ccfg)
+        if sub.is_finished():
+            res.certify_sigmas[float(ccfg.sigma)] = load_certify(sub)
+            res.subruns.append(sub.path.name)
+    res.certify = next(iter(res.certify_sigmas.values()), None)
+    return res
 
 
 def diverged_models(profile: str = "fmnist", runs_dir: str | Path | None = None,
@@ -950,8 +976,41 @@ def comparisons(grid: dict[str, ModelResults]) -> pd.DataFrame:
 def closest_comparisons(comps: pd.DataFrame, k: int = 2) -> pd.DataFrame:
     """The ``k`` evaluated comparisons of :func:`~paperlib.report.results.comparisons` with the smallest
     ``closeness`` (the difference's distance from the claim's boundary relative to its interval width): the
-    ones more seeds should settle."""
-    return comps[comps["verdict"] != "not evaluated"].sort_values("closeness", kind="mergesort").head(k)
+    ones more training seeds should settle. Training-time ratios are left out: their spread comes from the
+    machine's load while a model trained, which more seeds do not average out (the side-by-side benchmark of
+    the performance page measures the cost)."""
+    evaluated = comps[(comps["verdict"] != "not evaluated") & (comps["unit"] != "ratio")]
+    return evaluated.sort_values("closeness", kind="mergesort").head(k)
+
+
+def seed_comparisons(grid: dict[str, ModelResults], seeded: dict[str, ModelResults],
+                     which: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The comparisons made again with retrained models (:func:`load_seeds`): for every seed ``k`` of ``seeded``,
+    :func:`comparisons` on the grid with each model that has a seed-``k`` run replaced by it, kept where both
+    models of a comparison were retrained, beside the grid's own (seed 0) row.
+
+    ``which`` (rows of :func:`comparisons`, e.g. :func:`closest_comparisons`) restricts the output to those
+    comparisons. Columns: ``claim``, ``comparison``, ``seed``, ``a``, ``b``, ``difference``, ``low``, ``high``,
+    ``verdict``; no rows where nothing was retrained."""
+    cols = ["claim", "comparison", "seed", "a", "b", "difference", "low", "high", "verdict"]
+    seeds = sorted({int(k.split("@seed")[1]) for k in seeded if "@seed" in k})
+    base = comparisons(grid).assign(seed=0)
+    rows = []
+    for seed in seeds:
+        retrained = {key for key in grid if seeded_key(key, seed) in seeded}
+        if not retrained:
+            continue
+        g = {key: seeded.get(seeded_key(key, seed), m) for key, m in grid.items()}
+        c = comparisons(g).assign(seed=seed)
+        rows.append(c[c["a"].isin(retrained) & c["b"].isin(retrained)])
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    again = pd.concat(rows, ignore_index=True)
+    key = ["claim", "comparison", "a", "b"]
+    again = pd.concat([base.merge(again[key].drop_duplicates(), on=key), again], ignore_index=True)
+    if which is not None:
+        again = again.merge(which[key].drop_duplicates(), on=key)
+    return again.sort_values(["claim", "comparison", "seed"], kind="mergesort")[cols].reset_index(drop=True)
 
 
 def _combine(verdicts: Sequence[str]) -> str:
