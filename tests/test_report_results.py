@@ -392,3 +392,19 @@ def test_a_comparison_of_models_attacked_at_different_budgets_says_so():
     assert "fd-l2-lam1 x2, pgd-at-8 x1 in l2" in note
     assert results._budget_note(a, b, "empirical % error at eps = 8/255 (linf)") == ""  # linf budgets are equal
     assert results._budget_note(b, b, "mean best-attack l2 distance") == ""
+
+
+def test_cost_comparisons_quote_the_side_by_side_benchmark_beside_the_runs(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    grid = {"m": SimpleNamespace(path=tmp_path / "fmnist" / "some-run")}
+    assert results._benchmark_note(grid, "dbp", "fd") == ""  # no benchmark: nothing said
+    bench = tmp_path / "fmnist" / results.TRAINING_BENCHMARK
+    bench.parent.mkdir(parents=True)
+    rows = [{"model": "cnn", "method": "fd", "ms_per_step": 4.0}, {"model": "cnn", "method": "dbp", "ms_per_step": 3.0},
+            {"model": "big", "method": "fd", "ms_per_step": 10.0}]
+    bench.write_text(json.dumps({"machine": "CPU, 1 thread(s)", "rows": rows}))
+    note = results._benchmark_note(grid, "dbp", "fd")
+    assert note.endswith("CPU, 1 thread(s): cnn 0.75") and "fmnist/benchmarks/training.json" in note
+    assert results._benchmark_note(grid, "pgd-at", "fd") == ""  # a method the benchmark did not measure

@@ -17,6 +17,7 @@ radius); mean distances over that sample with clean errors at distance 0; linf r
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -823,6 +824,29 @@ def _epoch_seconds(m: ModelResults) -> np.ndarray | None:
     return v[np.isfinite(v)]
 
 
+#: Where a profile's side-by-side training benchmark lives, relative to its runs (``benchmarks/bench_training.py``)
+TRAINING_BENCHMARK = Path("benchmarks") / "training.json"
+
+#: The benchmark's method of each training method of the grid (``TrainConfig.method``, or the penalty's scheme)
+def _benchmark_note(grid: dict[str, ModelResults], a: str, b: str) -> str:
+    """The per-step cost ratio of training methods ``a`` / ``b`` (the benchmark's names: 'fd', 'dbp', 'pgd-at', ...) from the profile's
+    side-by-side benchmark (:data:`TRAINING_BENCHMARK` beside the grid's runs), per benchmarked model; '' when
+    there is none. The grid's own training seconds come from a shared machine; these were measured in one run."""
+    m = next(iter(grid.values()), None)
+    path = None if m is None else Path(m.path).parent / TRAINING_BENCHMARK
+    if path is None or not path.is_file():
+        return ""
+    rec = json.loads(path.read_text())
+    ms = {(r["model"], r["method"]): float(r["ms_per_step"]) for r in rec.get("rows", [])}
+    parts = [f"{model} {ms[(model, a)] / ms[(model, b)]:.2f}"
+             for model in dict.fromkeys(k[0] for k in ms) if (model, a) in ms and (model, b) in ms]
+    if not parts:
+        return ""
+    return (f"{a} / {b} per training step in the side-by-side benchmark {path.parent.parent.name}/"
+            f"{TRAINING_BENCHMARK.as_posix()} of the run store, {rec.get('machine', 'this machine')}: "
+            + ", ".join(parts))
+
+
 _UNITS = {"points": "percentage points", "l2": "l2 distance", "ratio": "ratio", "norm": "gradient norm"}
 
 
@@ -921,7 +945,7 @@ def comparisons(grid: dict[str, ModelResults]) -> pd.DataFrame:
         add(cid, comparison, "clean % error, whole test set", "points", a, b,
             difference_of_proportions_interval(ka, na, kb, nb), n=min(na, nb), interval="Newcombe score interval")
 
-    def cost(cid, comparison, a_keys, b_keys, target, a_label="", b_label=""):
+    def cost(cid, comparison, a_keys, b_keys, target, a_label="", b_label="", methods=("", "")):
         sa = [_epoch_seconds(grid[k]) for k in a_keys if k in grid]
         sb = [_epoch_seconds(grid[k]) for k in b_keys if k in grid]
         sa, sb = [v for v in sa if v is not None], [v for v in sb if v is not None]
@@ -932,7 +956,8 @@ def comparisons(grid: dict[str, ModelResults]) -> pd.DataFrame:
             return
         xa, xb = np.concatenate(sa), np.concatenate(sb)
         add(cid, comparison, "mean training seconds per epoch", "ratio", a, b, ratio_interval(xa, xb), target,
-            n=min(len(xa), len(xb)), interval="bootstrap over epochs", a_label=a_label, b_label=b_label)
+            n=min(len(xa), len(xb)), interval="bootstrap over epochs", a_label=a_label, b_label=b_label,
+            note=_benchmark_note(grid, *methods))
 
     emp = {e: _s_emp("linf", e / 255) for e in (8, 16)}
     best_l2 = _s_best("l2")
@@ -945,14 +970,14 @@ def comparisons(grid: dict[str, ModelResults]) -> pd.DataFrame:
         paired("vs-at-linf", f"linf error at {e}/255", f"empirical % error at eps = {e}/255 (linf)", "points",
                "fd-l1-lam1-h0.1", "pgd-at-8", emp[e])
     paired("vs-at-l2", "mean l2 distance", "mean best-attack l2 distance", "l2", "fd-l2-lam1", "pgd-at-8", best_l2)
-    cost("at-cost", "AT / FD training time", ["pgd-at-8"], ["fd-l1-lam1-h0.1"], 2.0)
+    cost("at-cost", "AT / FD training time", ["pgd-at-8"], ["fd-l1-lam1-h0.1"], 2.0, methods=("pgd-at", "fd"))
     paired("fd-vs-dbp-robust", "linf error at 8/255", "empirical % error at eps = 8/255 (linf)", "points",
            "dbp-l1-lam1", "fd-l1-lam1-h0.1", emp[8])
     paired("fd-vs-dbp-robust-l2", "mean l2 distance", "mean best-attack l2 distance", "l2", "fd-l2-lam1",
            "dbp-l2-lam1", best_l2)
     cost("fd-vs-dbp-cost", "DBP / FD training time", ["dbp-l1-lam0.1", "dbp-l1-lam1", "dbp-l2-lam0.1", "dbp-l2-lam1"],
          ["fd-l1-lam0.1", "fd-l1-lam1-h0.1", "fd-l2-lam0.1", "fd-l2-lam1"], 1.0, "the DBP models (l1, l2; lam 0.1, 1)",
-         "the FD models (the same four)")
+         "the FD models (the same four)", methods=("dbp", "fd"))
     for h in ("h=1e-4", "h=1e-3", "h=1e-2"):
         clean("h-clean", f"clean error, {h} vs h = 0.1", h, "fd-l1-lam1-h0.1")
     for h in ("h=1e-4", "h=1e-3", "h=1e-2", "h=1"):
