@@ -212,14 +212,24 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
                                    evals["attack"].seed)
         x, y, idx = images
 
+        # A stage of several sub-runs (the bounds' two norms, the smoothing sigmas) may finish over several
+        # invocations: the seconds recorded for its sub-runs finished before this one stay counted.
+        prior = stage_seconds(store.root / profile, tag).get(key, {})
+        kept: set[str] = set()
+
+        def record() -> None:
+            _record_timing(store.root / profile, key,
+                           {s: v + (prior.get(s, 0.0) if s in kept else 0.0) for s, v in computed.items()}, tag)
+
         def timed_stage(stage, sub, fn, *args, **kwargs):
             was = sub.is_finished()
+            if was:
+                kept.add(stage)
             t0 = time.perf_counter()
             out = _timed(times, stage, fn, *args, sub, **kwargs)
             if not was:
                 computed[stage] = computed.get(stage, 0.0) + time.perf_counter() - t0
-                # At once, so a process stopped in a later stage keeps this one's seconds.
-                _record_timing(store.root / profile, key, computed, tag)
+                record()  # at once, so a process stopped in a later stage keeps this one's seconds
             return out
 
         if "attack" in stages:
@@ -228,11 +238,11 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
             fresh = not asub.is_finished()
             # an escalating suite reuses the finished first phase (AttackConfig.escalate): its stage seconds are
             # the first phase's, as recorded when it was computed, plus this invocation's
-            before = stage_seconds(store.root / profile, tag).get(key, {}).get("attack", 0.0)
+            before = prior.get("attack", 0.0)
             suite = timed_stage("attack", asub, attack_model, model, x, y, idx, acfg, progress=progress)
             if fresh and suite.summary.get("reused_first_phase"):
                 computed["attack"] = computed.get("attack", 0.0) + before
-                _record_timing(store.root / profile, key, computed, tag)
+                record()
             failed = [c[0] for c in suite.checks if not c[1]]
             log(f"    attacks done; checks {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
         if "bound" in stages:
@@ -248,7 +258,7 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
                             y[:n], idx[:n], ccfg, num_classes=dataset_info(tcfg.dataset).num_classes,
                             progress=progress)
                 log(f"    smoothing certificates done (sigma {ccfg.sigma:g}, n {ccfg.n}, {n} images)")
-        _record_timing(store.root / profile, key, computed, tag)
+        record()
     times["total"] = time.perf_counter() - start
     report = {"profile": profile, "stages": list(stages), "models": keys, "seconds": times, "runs": runs,
               "diverged": diverged}

@@ -197,3 +197,32 @@ def test_an_attack_stage_that_reused_its_first_phase_keeps_that_phases_seconds(t
     reproduce("smoke", tmp_path, stages=("attack",), only=["undefended"], progress=False, log=lambda _: None)
     seconds = json.loads(timings.read_text())
     assert 100.5 <= seconds["attack"] < 160.0 and seconds["train"] == recorded["train"]  # 100 + this part
+
+
+@requires_fmnist
+def test_a_stage_finished_over_two_invocations_records_the_seconds_of_both(tmp_path, monkeypatch):
+    """The bounds' l2 sub-run finished in an earlier invocation (recorded 1000 s, say); the linf one now: the
+    record is their sum, not the linf sub-run's seconds alone."""
+    import json
+    import shutil
+    import time
+
+    import paperlib.reproduce as rep
+
+    reproduce("smoke", tmp_path, stages=("train",), only=["undefended"], progress=False, log=lambda _: None)
+
+    def bounds(model, x, y, idx, cfg, run, **kw):  # a bound stage that takes half a second per norm
+        if not run.is_finished():
+            time.sleep(0.5)
+            run.start()
+            run.finish({"norm": cfg.norm})
+
+    monkeypatch.setattr(rep, "run_bounds", bounds)
+    timings = tmp_path / "smoke" / "timings" / "undefended.json"
+    reproduce("smoke", tmp_path, stages=("bound",), only=["undefended"], progress=False, log=lambda _: None)
+    both_now = json.loads(timings.read_text())["bound"]
+    assert 1.0 <= both_now < 30.0  # both norms computed in one invocation
+    timings.write_text(json.dumps({**json.loads(timings.read_text()), "bound": 1000.0}))
+    shutil.rmtree(next((tmp_path / "smoke").glob("undefended*/bounds-linf")))
+    reproduce("smoke", tmp_path, stages=("bound",), only=["undefended"], progress=False, log=lambda _: None)
+    assert 1000.5 <= json.loads(timings.read_text())["bound"] < 1030.0  # 1000 (l2, before) + linf now
