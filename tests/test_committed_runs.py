@@ -121,12 +121,15 @@ def test_committed_numbers_are_unchanged():
 
 def test_no_comparison_of_the_verdict_page_is_made_at_two_attack_budgets():
     """The matched-budget rule (``paperlib.evaluation.MATCHED_ESCALATION``) holds on the committed paper-scale
-    grid: the two models of every comparison were attacked at the same budget in its norm."""
+    grid: the two models of every comparison were attacked at the same budget in its norm, unless the matched run
+    of one of them is still being computed (it is then named in the comparison's note)."""
     from paperlib.report import results
 
     grid = results.load_grid(PROFILE, ROOT, scale="paper")
     if len(grid) < 17 or any(m.suite is None for m in grid.values()):
         pytest.skip("the paper-scale grid's attack suites are not all committed")
     comps = results.comparisons(grid)
-    differ = comps[comps["note"].str.contains("attack budgets differ", regex=False)]
+    # a comparison at two budgets is allowed only while the matched run of one of its models is still computing
+    differ = comps[comps["note"].str.contains("attack budgets differ", regex=False)
+                   & ~comps["note"].str.contains("has not finished yet", regex=False)]
     assert differ.empty, "compared at two budgets: " + "; ".join(differ["note"])

@@ -109,6 +109,9 @@ class ModelResults:
     subruns: list[str] = field(default_factory=list)
     scale: str = "profile"
     certify_sigmas: dict[float, Any] = field(default_factory=dict)
+    #: norms whose matched attack budget (``paperlib.evaluation.MATCHED_ESCALATION``) has not finished yet: the
+    #: suite shown is the one at the model's own budget
+    matched_pending: tuple[str, ...] = ()
 
 
 def load_grid(profile: str = "fmnist", runs_dir: str | Path | None = None,
@@ -167,6 +170,12 @@ def _load_model(store: RunStore, profile: str, scale: str, key: str, cfg, second
                        metrics=run.read_json("metrics.json"), log=run.read_table("train_log.csv"),
                        seconds=seconds, scale=scale)
     sub = stage_subrun(run, evals["attack"])
+    if not sub.is_finished() and evals["attack"].escalate_norms:
+        # the matched budget (MATCHED_ESCALATION) has not finished: the suite at the model's own budget, which the
+        # comparisons then flag as attacked at another budget than its partner's
+        own = stage_subrun(run, replace(evals["attack"], escalate_norms=()))
+        if own.is_finished():
+            sub, res.matched_pending = own, evals["attack"].escalate_norms
     if sub.is_finished():
         res.suite = load_suite(sub)
         res.subruns.append(sub.path.name)
@@ -886,8 +895,11 @@ def _budget_note(ma: ModelResults, mb: ModelResults, measure: str) -> str:
     fa, fb = attack_budget(ma, norm), attack_budget(mb, norm)
     if fa == fb:
         return ""
+    pending = [m.key for m in (ma, mb) if norm in m.matched_pending]
     return (f"attack budgets differ: {ma.key} x{fa}, {mb.key} x{fb} in {norm}, after escalation where the "
-            "convergence check failed; the model attacked with less looks more robust than equal budgets would show")
+            "convergence check failed"
+            + (f" (the matched budget of {' and '.join(pending)} has not finished yet)" if pending else "")
+            + "; the model attacked with less looks more robust than equal budgets would show")
 
 
 def comparisons(grid: dict[str, ModelResults]) -> pd.DataFrame:
