@@ -236,12 +236,11 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
             acfg = evaluation_configs(profile, scale, key)["attack"]  # the model's matched budget, if any
             asub = stage_subrun(run, acfg)
             fresh = not asub.is_finished()
-            # an escalating suite reuses the finished first phase (AttackConfig.escalate): its stage seconds are
-            # the first phase's, as recorded when it was computed, plus this invocation's
-            before = prior.get("attack", 0.0)
             suite = timed_stage("attack", asub, attack_model, model, x, y, idx, acfg, progress=progress)
             if fresh and suite.summary.get("reused_first_phase"):
-                computed["attack"] = computed.get("attack", 0.0) + before
+                # an escalating suite reused the finished first phase (AttackConfig.escalate), a sub-run finished
+                # before: its recorded seconds stay counted, as for the stages above
+                kept.add("attack")
                 record()
             failed = [c[0] for c in suite.checks if not c[1]]
             log(f"    attacks done; checks {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
