@@ -149,6 +149,14 @@ MATCHED_ESCALATION: dict[str, dict[str, tuple[str, ...]]] = {
     "fmnist": {"undefended": ("l2",), "pgd-at-8": ("l2",), "dbp-l2-lam1": ("l2",)},
 }
 
+#: The norms in which a grid model's own convergence check escalated, per profile: ``{model key: norms}``. A
+#: retrained seed of such a model (``<key>@seed<k>``) escalates there whatever its own check says, so that its
+#: comparisons with the matched models' seeds (:data:`MATCHED_ESCALATION`) are made at one budget, as the grid's
+#: are. On fmnist fd-l2-lam1 escalated in l2.
+SEED_ESCALATION: dict[str, dict[str, tuple[str, ...]]] = {
+    "fmnist": {"fd-l2-lam1": ("l2",)},
+}
+
 #: ``'profile'``: the profile's own evaluation budgets (what its committed runs were computed with);
 #: ``'paper'``: the paper's scale where this machine allows it: 1000 images, the cheap early-stopping attack
 #: budgets, the recommended bound estimators, smoothing as the certification grid. Only fmnist defines it.
@@ -218,7 +226,8 @@ def evaluation_budgets(profile: str, scale: str = "profile", model: str | None =
     ``scale='paper'`` (see :data:`~paperlib.evaluation.SCALES`) gives the paper-scale evaluation where the profile
     defines one; its certify entry is the first sigma of the certification grid
     (:func:`~paperlib.evaluation.certify_grid_budgets` has all of them). ``model`` (a grid key, or a seeded key
-    ``<key>@seed<k>``) adds that model's matched escalation at paper scale (:data:`MATCHED_ESCALATION`)."""
+    ``<key>@seed<k>``) adds that model's matched escalation at paper scale (:data:`MATCHED_ESCALATION`; for a
+    seeded key also :data:`SEED_ESCALATION`)."""
     check_choice("scale", scale, SCALES)
     prof = get_profile(profile)
     budgets = _EVAL[prof.name]
@@ -237,7 +246,11 @@ def evaluation_budgets(profile: str, scale: str = "profile", model: str | None =
     paper = _PAPER_SCALE[prof.name]
     n = paper["n_images"]
     attack = {"n_images": n, **paper["attack"]}
-    matched = MATCHED_ESCALATION.get(prof.name, {}).get(model.split("@")[0] if model else "")
+    key, _, seed = (model or "").partition("@")
+    matched = MATCHED_ESCALATION.get(prof.name, {}).get(key, ())
+    if seed:
+        matched = tuple(n for n in ("l2", "linf")
+                        if n in matched or n in SEED_ESCALATION.get(prof.name, {}).get(key, ()))
     if matched:
         attack["escalate_norms"] = matched
     return {

@@ -124,6 +124,7 @@ def test_no_comparison_of_the_verdict_page_is_made_at_two_attack_budgets():
     grid: the two models of every comparison were attacked at the same budget in its norm, unless the matched run
     of one of them is still being computed (it is then named in the comparison's note)."""
     from paperlib.report import results
+    from paperlib.reproduce import seeded_key
 
     grid = results.load_grid(PROFILE, ROOT, scale="paper")
     if len(grid) < 17 or any(m.suite is None for m in grid.values()):
@@ -133,3 +134,13 @@ def test_no_comparison_of_the_verdict_page_is_made_at_two_attack_budgets():
     differ = comps[comps["note"].str.contains("attack budgets differ", regex=False)
                    & ~comps["note"].str.contains("has not finished yet", regex=False)]
     assert differ.empty, "compared at two budgets: " + "; ".join(differ["note"])
+    # the same with the committed retrained seeds (paperlib.evaluation.SEED_ESCALATION): a comparison of two
+    # retrained models is made at one budget too
+    seeded = results.load_seeds(PROFILE, ROOT, scale="paper")
+    for seed in sorted({int(k.split("@seed")[1]) for k in seeded}):
+        retrained = {key for key in grid if seeded_key(key, seed) in seeded}
+        comps = results.comparisons(results.seeded_grid(grid, seeded, seed))
+        comps = comps[comps["a"].isin(retrained) & comps["b"].isin(retrained)]
+        differ = comps[comps["note"].str.contains("attack budgets differ", regex=False)
+                       & ~comps["note"].str.contains("has not finished yet", regex=False)]
+        assert differ.empty, f"seed {seed}: compared at two budgets: " + "; ".join(differ["note"])

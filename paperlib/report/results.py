@@ -58,7 +58,7 @@ __all__ = [
     "attack_costs", "stage_hours", "model_error_curves", "figure1", "LINF_EPS", "FIGURE1_MODELS",
     "table_cells", "display_table", "column_header", "format_interval", "comparisons", "closest_comparisons",
     "verdict_table", "grid_names", "CELL_COLUMNS", "DATASET_NAMES", "smoothing_errors",
-    "invalid_certificates", "ADVERSARIAL_OMEGA", "AUDITED_BOUNDS", "clipping_table", "estimator_table", "attack_budget", "load_seeds", "seed_comparisons",
+    "invalid_certificates", "ADVERSARIAL_OMEGA", "AUDITED_BOUNDS", "clipping_table", "estimator_table", "attack_budget", "load_seeds", "seeded_grid", "seed_comparisons",
 ]
 
 #: The linf radii reported, in units of 1/255. The paper's are 2 and 8; 16 and 32 are added for Fashion-MNIST,
@@ -1020,6 +1020,12 @@ def closest_comparisons(comps: pd.DataFrame, k: int = 2) -> pd.DataFrame:
     return evaluated.sort_values("closeness", kind="mergesort").head(k)
 
 
+def seeded_grid(grid: dict[str, ModelResults], seeded: dict[str, ModelResults], seed: int) -> dict[str, ModelResults]:
+    """``grid`` with every model that has a finished seed-``seed`` run in ``seeded`` (:func:`load_seeds`) replaced
+    by that run."""
+    return {key: seeded.get(seeded_key(key, seed), m) for key, m in grid.items()}
+
+
 def seed_comparisons(grid: dict[str, ModelResults], seeded: dict[str, ModelResults],
                      which: pd.DataFrame | None = None) -> pd.DataFrame:
     """The comparisons made again with retrained models (:func:`load_seeds`): for every seed ``k`` of ``seeded``,
@@ -1037,8 +1043,7 @@ def seed_comparisons(grid: dict[str, ModelResults], seeded: dict[str, ModelResul
         retrained = {key for key in grid if seeded_key(key, seed) in seeded}
         if not retrained:
             continue
-        g = {key: seeded.get(seeded_key(key, seed), m) for key, m in grid.items()}
-        c = comparisons(g).assign(seed=seed)
+        c = comparisons(seeded_grid(grid, seeded, seed)).assign(seed=seed)
         rows.append(c[c["a"].isin(retrained) & c["b"].isin(retrained)])
     if not rows:
         return pd.DataFrame(columns=cols)
