@@ -3,14 +3,19 @@
     python benchmarks/bench_attacks.py --run runs/fmnist/undefended --n 20
     python benchmarks/bench_attacks.py --n 8          # trains a small fmnist-cnn on 3000 images first
     python benchmarks/bench_attacks.py --reference --run runs/fmnist/undefended --n 200
+    python benchmarks/bench_attacks.py --reference --run runs/fmnist/undefended --n 200 --after pgd_loss=margin>ce
 
-With ``--reference`` (issue 12's cross-check): the paper's suite at the fmnist profile's budgets
-(:func:`~paperlib.reproduce.evaluation_configs`, convergence check off) and the reference attacks of
+With ``--reference`` (issue 12's cross-check): the paper's suite at the budgets of the paper-scale grid
+(:func:`~paperlib.reproduce.evaluation_configs` with ``--scale paper``, the default; its first phase: no
+convergence check, no escalation; ``--scale profile``: the fmnist profile's own budgets) and the reference attacks of
 :mod:`paperlib.attacks.reference` (not in the paper; AutoAttack's settings) on the same ``--n`` images, then per
 attack model passes (forward + backward) and seconds per image, and per norm the cross-check: the share of
 images whose suite best is within 1% of the references' minimum (and more than 10% behind it), the median
 ratio, and per radius the empirical % error of the suite, of AutoAttack (APGD-CE, APGD-T, Square) and of the
-best over both. ``--eps-linf`` / ``--eps-l2`` set the radii (in units of 1/255 for linf).
+best over both. ``--eps-linf`` / ``--eps-l2`` set the radii (in units of 1/255 for linf). ``--after``
+(comma-separated ``field=value`` of :class:`~paperlib.attacks.suite.AttackConfig`) runs the suite a second
+time with those budgets on the same images and prints its passes, its median best distances beside the
+first's, and per norm how many images it leaves more than 1 % farther (the budget change's cost in strength).
 
 Prints, per attack and norm: seconds per image (wall time of one batched call divided by the images),
 success rate and median l2/linf distance of the successes. ``--threads`` sets torch's CPU threads (default
@@ -50,6 +55,9 @@ def main() -> None:
     ap.add_argument("--reference", action="store_true", help="the cross-check against the reference attacks")
     ap.add_argument("--eps-linf", default="2,8", help="--reference: linf radii in units of 1/255 (default 2,8)")
     ap.add_argument("--eps-l2", default="0.5,1", help="--reference: l2 radii (default 0.5,1)")
+    ap.add_argument("--scale", default="paper", choices=("paper", "profile"),
+                    help="--reference: the suite's budgets (default: the paper-scale grid's)")
+    ap.add_argument("--after", default="", help="--reference: field=value,... of a second suite to compare")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.run:
@@ -83,6 +91,18 @@ def main() -> None:
         print(f"{name:<16} {dt:8.3f} {100 * rate:7.1f}% {med2:10.4f} {medi:12.4f}", flush=True)
 
 
+def _overrides(text: str, cfg) -> dict:
+    """``field=value,...`` as AttackConfig keyword arguments, each value parsed as its field's current type."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not hasattr(cfg, key):
+            raise SystemExit(f"--after {item!r}: expected field=value with a field of AttackConfig")
+        cur = getattr(cfg, key)
+        out[key] = value if isinstance(cur, str) or cur is None else type(cur)(value)
+    return out
+
+
 def reference_mode(model, x, y, idx, args) -> None:
     """The paper's suite and the reference attacks on the same images; passes, seconds and the cross-check."""
     import dataclasses
@@ -100,23 +120,43 @@ def reference_mode(model, x, y, idx, args) -> None:
     import pandas as pd
 
     n = len(x)
-    paper = dataclasses.replace(evaluation_configs("fmnist")["attack"], n_images=n, convergence_n=0, seed=args.seed)
+    paper = dataclasses.replace(evaluation_configs("fmnist", scale=args.scale)["attack"], n_images=n, convergence_n=0,
+                                escalate=0, escalate_norms=(), seed=args.seed)
     cfg = dataclasses.replace(paper, reference_attacks=REFERENCE_ATTACKS,
                               reference_eps_linf=tuple(float(e) / 255 for e in args.eps_linf.split(",") if e),
                               reference_eps_l2=tuple(float(e) for e in args.eps_l2.split(",") if e))
-    print(f"{n} images of {args.run or 'a quick fmnist-cnn'}, torch {torch.__version__}, {args.threads} thread(s); "
-          f"paper suite: the fmnist profile's budgets; references (not in the paper): AutoAttack's settings")
-    t0 = time.perf_counter()
-    suite = run_attack_suite(model, x, y, idx, paper, progress=True)
-    print(f"paper suite: {time.perf_counter() - t0:.0f} s", flush=True)
+    import os
+
+    print(f"{n} images of {args.run or 'a quick fmnist-cnn'}, torch {torch.__version__}, {args.threads} thread(s), "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; paper suite: the {args.scale}-scale "
+          f"fmnist budgets; references (not in the paper): AutoAttack's settings")
     head = f"{'attack':<26} {'fwd/image':>10} {'bwd/image':>10} {'s/image':>8} {'success':>8}"
-    print(head)
-    total = 0.0
-    for job, r in suite.summary["jobs"].items():
-        f, b = r.get("forward_passes_per_image", 0.0), r.get("backward_passes_per_image", 0.0)
-        total += f + b
-        print(f"{job:<26} {f:10.0f} {b:10.0f} {r['seconds_per_image']:8.3f} {r['success_pct']:7.1f}%", flush=True)
-    print(f"{'paper suite, all jobs':<26} {total:21.0f} passes per image (forward + backward)")
+
+    def run_suite(cfg, label):
+        t0 = time.perf_counter()
+        out = run_attack_suite(model, x, y, idx, cfg, progress=True)
+        print(f"{label}: {time.perf_counter() - t0:.0f} s", flush=True)
+        print(head)
+        total = 0.0
+        for job, r in out.summary["jobs"].items():
+            f, b = r.get("forward_passes_per_image", 0.0), r.get("backward_passes_per_image", 0.0)
+            total += f + b
+            print(f"{job:<26} {f:10.0f} {b:10.0f} {r['seconds_per_image']:8.3f} {r['success_pct']:7.1f}%", flush=True)
+        print(f"{label + ', all jobs':<26} {total:21.0f} passes per image (forward + backward)", flush=True)
+        return out
+
+    suite = run_suite(paper, "paper suite")
+    if args.after:
+        after_cfg = dataclasses.replace(paper, **_overrides(args.after, paper))
+        after = run_suite(after_cfg, "after")
+        for norm in paper.norms:
+            d0, d1 = (t.best[t.best["norm"] == norm].set_index("image")["best"].astype(float) for t in (suite, after))
+            d1 = d1.reindex(d0.index)
+            ok = (d0 > 0) & (d0 < float("inf"))
+            ratio = d1[ok] / d0[ok]
+            print(f"{norm}: median best {d0[ok].median():.4f} -> {d1[ok].median():.4f}; after / before median "
+                  f"{ratio.median():.4f}, worst {ratio.max():.4f}; more than 1 % farther on {int((ratio > 1.01).sum())} "
+                  f"of {int(ok.sum())} images", flush=True)
     t0 = time.perf_counter()
     reference, info = _reference_batches(model, x, y, idx, cfg, progress=True)
     print(f"reference attacks: {time.perf_counter() - t0:.0f} s", flush=True)

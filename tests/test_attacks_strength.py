@@ -181,6 +181,38 @@ def test_minimal_pgd_margin_plus_ce_is_never_worse_than_either_loss():
         assert torch.equal(b.distance(norm), best)
 
 
+def test_minimal_pgd_margin_then_ce_is_never_farther_than_the_margin_and_unsticks_it(committed_undefended):
+    # 'margin>ce': the margin's search, then cross-entropy at the margin's bracket only; the same margin
+    # search, so per image never farther than the margin alone, and where the result moved it lies below the
+    # largest radius where the margin failed. Image 429 (stuck at 28.62/255 with the margin) is unstuck as by
+    # 'margin+ce', for fewer model calls.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 5)).double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(6, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = model(x).argmax(1)
+    for norm in ("l2", "linf"):
+        kw = dict(norm=norm, steps=10, search_steps=6)
+        m = MinimalPGD(loss="margin", **kw)(model, x, y, seed=1)
+        chained = MinimalPGD(loss="margin>ce", **kw)(model, x, y, seed=1)
+        assert bool((chained.distance(norm) <= m.distance(norm)).all())
+        moved = chained.distance(norm) < m.distance(norm)
+        assert bool((chained.eps[moved] < m.eps[moved]).all())
+    calls = [0]
+    model, x, y, idx = _select(committed_undefended, [429])
+    hook = model.register_forward_hook(lambda mod, i, o: calls.__setitem__(0, calls[0] + 1))
+    kw = dict(norm="linf", steps=40, search_steps=12)
+    try:
+        both = MinimalPGD(loss="margin+ce", **kw)(model, x, y, seed=0, keys=idx)
+        n_both, calls[0] = calls[0], 0
+        chained = MinimalPGD(loss="margin>ce", **kw)(model, x, y, seed=0, keys=idx)
+    finally:
+        hook.remove()
+    assert float(chained.dist_linf[0]) * 255 < 18
+    assert float(chained.dist_linf[0]) <= float(both.dist_linf[0]) * 1.01
+    assert calls[0] < n_both
+
+
 # --------------------------------------------------------------------------------------------------
 # LogBarrier against the exact distance of linear multiclass models
 # --------------------------------------------------------------------------------------------------
@@ -235,6 +267,8 @@ def every_attack():
         "pgd-linf-ce": MinimalPGD(norm="linf", steps=8, search_steps=6, loss="ce"),
         "pgd-l2-margin+ce": MinimalPGD(norm="l2", steps=8, search_steps=6, loss="margin+ce"),
         "pgd-linf-margin+ce": MinimalPGD(norm="linf", steps=8, search_steps=6, loss="margin+ce"),
+        "pgd-l2-margin>ce": MinimalPGD(norm="l2", steps=8, search_steps=6, loss="margin>ce"),
+        "pgd-linf-margin>ce": MinimalPGD(norm="linf", steps=8, search_steps=6, loss="margin>ce"),
         "cw": CarliniWagnerL2(steps=30, binary_search_steps=3),
         "cw-squeeze": CarliniWagnerL2(steps=30, binary_search_steps=3, squeeze=0.1),
         "boundary": BoundaryAttack(steps=150, init_steps=20),

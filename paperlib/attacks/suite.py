@@ -133,8 +133,10 @@ class AttackConfig:
             distance is below ``masking_ratio`` times the best gradient attack's.
         masking_max_fraction: the masking check fails when more than this fraction of images is flagged.
         min_success: every minimal-distance attack must succeed on at least this fraction of the images.
-        pgd_loss: MinimalPGD's loss: 'margin' (the committed runs), 'ce', or 'margin+ce' (two independent
-            radius searches, one per loss; the closer adversarial of each image counts).
+        pgd_loss: MinimalPGD's loss: 'margin' (the committed runs), 'ce', 'margin+ce' (two independent
+            radius searches, one per loss; the closer adversarial of each image counts) or 'margin>ce'
+            (cross-entropy only from the margin search's bracket: one trial per image where the margin was not
+            stuck; see :class:`~paperlib.attacks.pgd.MinimalPGD`).
         cw_squeeze: Carlini-Wagner's squeezed tanh start (see
             :class:`~paperlib.attacks.cw.CarliniWagnerL2` ``squeeze``); None: the committed runs' start
             ``atanh((2x - 1) * 0.999999)``.
@@ -285,7 +287,7 @@ class AttackConfig:
         check_nonnegative("masking_max_fraction", self.masking_max_fraction)
         if not 0 < self.min_success <= 1:
             raise ConfigError(f"min_success={self.min_success!r} must lie in (0, 1]")
-        check_choice("pgd_loss", self.pgd_loss, ("margin", "ce", "margin+ce"))
+        check_choice("pgd_loss", self.pgd_loss, ("margin", "ce", "margin+ce", "margin>ce"))
         if self.cw_squeeze is not None and (isinstance(self.cw_squeeze, bool) or not isinstance(self.cw_squeeze, (int, float))
                                             or not 0 < self.cw_squeeze < 0.5):
             raise ConfigError(f"cw_squeeze={self.cw_squeeze!r} must be None or a number in (0, 0.5)")
