@@ -187,6 +187,18 @@ def test_every_figure_on_the_page_has_a_caption(layouts, stem):
     assert not layouts[stem]["uncaptioned"], f"{stem}: figures without a caption: {layouts[stem]['uncaptioned']}"
 
 
+def test_figure_captions_carry_no_running_number(layouts):
+    # sphinx_proof turns numfig on; the book-wide counter captioned the paper's Figure 1 "Fig. 15"
+    # (book/_static/book.css hides figure numbers; the propositions keep theirs)
+    import re
+
+    numbers = {stem: re.findall(r'class="caption-number">(Fig\. \d+)', r["html"]) for stem, r in layouts.items()}
+    assert any(numbers.values()), "no figure caption numbers in the HTML: the check below would test nothing"
+    shown = {stem: [n for n in nums if n in layouts[stem]["text"]] for stem, nums in numbers.items()}
+    assert not any(shown.values()), f"visible figure numbers: { {k: v for k, v in shown.items() if v} }"
+    assert "Proposition 2.2" in layouts["prop_2_2_bounds"]["text"]
+
+
 @pytest.mark.parametrize("stem", pages_for("truncation"))
 def test_no_table_cell_is_cut_to_an_ellipsis(layouts, stem):
     assert not layouts[stem]["truncated"], f"{stem}: table cells cut short: {layouts[stem]['truncated']}"
