@@ -165,13 +165,19 @@ def test_minimal_pgd_margin_plus_ce_unsticks_the_worst_margin_image(committed_un
     assert float(both.eps[0]) >= float(both.dist_linf[0]) - 1e-7
 
 
-def test_minimal_pgd_margin_plus_ce_is_never_worse_than_either_loss():
-    # both searches run independently on the single-loss random streams; per image the closer adversarial wins
+def _small_mlp_problem():
+    """A float64 ReLU MLP on 6 random 6 x 6 images, labelled with its own predictions."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 5)).double()
     g = torch.Generator().manual_seed(2)
     x = torch.rand(6, 1, 6, 6, generator=g, dtype=torch.float64)
     y = model(x).argmax(1)
+    return model, x, y
+
+
+def test_minimal_pgd_margin_plus_ce_is_never_worse_than_either_loss():
+    # both searches run independently on the single-loss random streams; per image the closer adversarial wins
+    model, x, y = _small_mlp_problem()
     for norm in ("l2", "linf"):
         kw = dict(norm=norm, steps=10, search_steps=6)
         m = MinimalPGD(loss="margin", **kw)(model, x, y, seed=1)
@@ -186,11 +192,7 @@ def test_minimal_pgd_margin_then_ce_is_never_farther_than_the_margin_and_unstick
     # search, so per image never farther than the margin alone, and where the result moved it lies below the
     # largest radius where the margin failed. Image 429 (stuck at 28.62/255 with the margin) is unstuck as by
     # 'margin+ce', for fewer model calls.
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 5)).double()
-    g = torch.Generator().manual_seed(2)
-    x = torch.rand(6, 1, 6, 6, generator=g, dtype=torch.float64)
-    y = model(x).argmax(1)
+    model, x, y = _small_mlp_problem()
     for norm in ("l2", "linf"):
         kw = dict(norm=norm, steps=10, search_steps=6)
         m = MinimalPGD(loss="margin", **kw)(model, x, y, seed=1)
