@@ -16,6 +16,9 @@ best over both. ``--eps-linf`` / ``--eps-l2`` set the radii (in units of 1/255 f
 (comma-separated ``field=value`` of :class:`~paperlib.attacks.suite.AttackConfig`) runs the suite a second
 time with those budgets on the same images and prints its passes, its median best distances beside the
 first's, and per norm how many images it leaves more than 1 % farther (the budget change's cost in strength).
+``--store`` keeps the suite and the references as a sub-run ``attack-<hash>`` of ``--run`` (the reference phase
+takes hours on 200 images of one core: Square's 5,000 queries on the images left robust), resumable per batch
+and loaded once finished; its seconds are then those of the run that computed it.
 
 Prints, per attack and norm: seconds per image (wall time of one batched call divided by the images),
 success rate and median l2/linf distance of the successes. ``--threads`` sets torch's CPU threads (default
@@ -58,6 +61,9 @@ def main() -> None:
     ap.add_argument("--scale", default="paper", choices=("paper", "profile"),
                     help="--reference: the suite's budgets (default: the paper-scale grid's)")
     ap.add_argument("--after", default="", help="--reference: field=value,... of a second suite to compare")
+    ap.add_argument("--store", action="store_true",
+                    help="--reference with --run: keep the suite and the references as a resumable sub-run "
+                         "attack-<hash> of the model's run (a finished one is loaded, an interrupted one resumes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.run:
@@ -132,10 +138,7 @@ def reference_mode(model, x, y, idx, args) -> None:
           f"fmnist budgets; references (not in the paper): AutoAttack's settings")
     head = f"{'attack':<26} {'fwd/image':>10} {'bwd/image':>10} {'s/image':>8} {'success':>8}"
 
-    def run_suite(cfg, label):
-        t0 = time.perf_counter()
-        out = run_attack_suite(model, x, y, idx, cfg, progress=True)
-        print(f"{label}: {time.perf_counter() - t0:.0f} s", flush=True)
+    def print_jobs(out, label):
         print(head)
         total = 0.0
         for job, r in out.summary["jobs"].items():
@@ -143,9 +146,29 @@ def reference_mode(model, x, y, idx, args) -> None:
             total += f + b
             print(f"{job:<26} {f:10.0f} {b:10.0f} {r['seconds_per_image']:8.3f} {r['success_pct']:7.1f}%", flush=True)
         print(f"{label + ', all jobs':<26} {total:21.0f} passes per image (forward + backward)", flush=True)
+
+    def run_suite(cfg, label):
+        t0 = time.perf_counter()
+        out = run_attack_suite(model, x, y, idx, cfg, progress=True)
+        print(f"{label}: {time.perf_counter() - t0:.0f} s", flush=True)
+        print_jobs(out, label)
         return out
 
-    suite = run_suite(paper, "paper suite")
+    stored = None
+    if args.store:  # the suite and the references as one resumable sub-run of the model's run
+        from paperlib.attacks.suite import attack_model
+        from paperlib.stages import stage_subrun
+
+        if not args.run:
+            raise SystemExit("--store needs --run: the cross-check is stored as a sub-run of the model's run")
+        sub = stage_subrun(args.run, cfg)
+        t0 = time.perf_counter()
+        stored = attack_model(model, x, y, idx, cfg, sub, progress=True)
+        print(f"paper suite and references (stored in {sub.path}): {time.perf_counter() - t0:.0f} s", flush=True)
+        print_jobs(stored, "paper suite")
+        suite = stored
+    else:
+        suite = run_suite(paper, "paper suite")
     if args.after:
         after_cfg = dataclasses.replace(paper, **_overrides(args.after, paper))
         after = run_suite(after_cfg, "after")
@@ -157,11 +180,14 @@ def reference_mode(model, x, y, idx, args) -> None:
             print(f"{norm}: median best {d0[ok].median():.4f} -> {d1[ok].median():.4f}; after / before median "
                   f"{ratio.median():.4f}, worst {ratio.max():.4f}; more than 1 % farther on {int((ratio > 1.01).sum())} "
                   f"of {int(ok.sum())} images", flush=True)
-    t0 = time.perf_counter()
-    reference, info = _reference_batches(model, x, y, idx, cfg, progress=True)
-    print(f"reference attacks: {time.perf_counter() - t0:.0f} s", flush=True)
-    best_all = best_distances(pd.concat([suite.attacks, reference[ATTACK_COLUMNS]], ignore_index=True), cfg.norms)
-    summary = _summarize_reference(suite.attacks, suite.best, reference, best_all, cfg, info)
+    if stored is not None:
+        summary = stored.summary["reference"]
+    else:
+        t0 = time.perf_counter()
+        reference, info = _reference_batches(model, x, y, idx, cfg, progress=True)
+        print(f"reference attacks: {time.perf_counter() - t0:.0f} s", flush=True)
+        best_all = best_distances(pd.concat([suite.attacks, reference[ATTACK_COLUMNS]], ignore_index=True), cfg.norms)
+        summary = _summarize_reference(suite.attacks, suite.best, reference, best_all, cfg, info)
     print(head + "   (not in the paper; fixed-eps attacks run on the images the previous ones left robust)")
     for job, r in summary["jobs"].items():
         ok = f"{r['success_pct']:7.1f}%" if r["success_pct"] is not None else f"{'-':>8}"
