@@ -60,6 +60,9 @@ def test_seeded_models_load_apart_and_their_comparisons_sit_beside_the_grids(smo
     assert gain["difference"].iloc[1] == pytest.approx(float((both.iloc[:, 0] - both.iloc[:, 1]).mean()))
     only = results.seed_comparisons(grid, seeded, which=comps.reset_index().query("claim == 'gain-l2'"))
     assert set(only["claim"]) == {"gain-l2"}
+    # the seeds have no bounds: the grid's bound comparisons of fd-l2-lam1 with itself are not made again
+    assert comps.loc["bounds", "verdict"].tolist() != ["not evaluated"] * len(comps.loc[["bounds"]])
+    assert "bounds" not in set(out["claim"]) and "not evaluated" not in set(out["verdict"])
 
 
 def test_closest_comparisons_leave_out_training_time_ratios():

@@ -1030,7 +1030,8 @@ def seed_comparisons(grid: dict[str, ModelResults], seeded: dict[str, ModelResul
                      which: pd.DataFrame | None = None) -> pd.DataFrame:
     """The comparisons made again with retrained models (:func:`load_seeds`): for every seed ``k`` of ``seeded``,
     :func:`comparisons` on the grid with each model that has a seed-``k`` run replaced by it, kept where both
-    models of a comparison were retrained, beside the grid's own (seed 0) row.
+    models of a comparison were retrained and the retrained ones have the stages it needs, beside the grid's own
+    (seed 0) row.
 
     ``which`` (rows of :func:`comparisons`, e.g. :func:`closest_comparisons`) restricts the output to those
     comparisons. Columns: ``claim``, ``comparison``, ``seed``, ``a``, ``b``, ``difference``, ``low``, ``high``,
@@ -1044,10 +1045,12 @@ def seed_comparisons(grid: dict[str, ModelResults], seeded: dict[str, ModelResul
         if not retrained:
             continue
         c = comparisons(seeded_grid(grid, seeded, seed)).assign(seed=seed)
-        rows.append(c[c["a"].isin(retrained) & c["b"].isin(retrained)])
-    if not rows:
+        # a retrained model without the comparison's stage (seeds are trained and attacked only; a stage still
+        # running) has nothing to say about it
+        rows.append(c[c["a"].isin(retrained) & c["b"].isin(retrained) & (c["verdict"] != "not evaluated")])
+    again = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
+    if again.empty:
         return pd.DataFrame(columns=cols)
-    again = pd.concat(rows, ignore_index=True)
     key = ["claim", "comparison", "a", "b"]
     again = pd.concat([base.merge(again[key].drop_duplicates(), on=key), again], ignore_index=True)
     if which is not None:
