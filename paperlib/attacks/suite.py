@@ -287,7 +287,9 @@ class AttackConfig:
         check_nonnegative("masking_max_fraction", self.masking_max_fraction)
         if not 0 < self.min_success <= 1:
             raise ConfigError(f"min_success={self.min_success!r} must lie in (0, 1]")
-        check_choice("pgd_loss", self.pgd_loss, ("margin", "ce", "margin+ce", "margin>ce"))
+        from paperlib.attacks.pgd import MINIMAL_PGD_LOSSES
+
+        check_choice("pgd_loss", self.pgd_loss, MINIMAL_PGD_LOSSES)
         if self.cw_squeeze is not None and (isinstance(self.cw_squeeze, bool) or not isinstance(self.cw_squeeze, (int, float))
                                             or not 0 < self.cw_squeeze < 0.5):
             raise ConfigError(f"cw_squeeze={self.cw_squeeze!r} must be None or a number in (0, 0.5)")
