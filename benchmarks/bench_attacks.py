@@ -13,12 +13,15 @@ attack model passes (forward + backward) and seconds per image, and per norm the
 images whose suite best is within 1% of the references' minimum (and more than 10% behind it), the median
 ratio, and per radius the empirical % error of the suite, of AutoAttack (APGD-CE, APGD-T, Square) and of the
 best over both. ``--eps-linf`` / ``--eps-l2`` set the radii (in units of 1/255 for linf). ``--after``
-(comma-separated ``field=value`` of :class:`~paperlib.attacks.suite.AttackConfig`) runs the suite a second
-time with those budgets on the same images and prints its passes, its median best distances beside the
+(comma-separated ``field=value`` of :class:`~paperlib.attacks.suite.AttackConfig`; a tuple field's items
+separated by ``/``, e.g. ``attacks=pgd/cw/boundary/logbarrier/fmn-refine``) runs the suite a second
+time with those budgets on the same images (several changes separated by ``;``: one suite each) and prints its passes, its median best distances beside the
 first's, and per norm how many images it leaves more than 1 % farther (the budget change's cost in strength).
-``--store`` keeps the suite and the references as a sub-run ``attack-<hash>`` of ``--run`` (the reference phase
-takes hours on 200 images of one core: Square's 5,000 queries on the images left robust), resumable per batch
-and loaded once finished; its seconds are then those of the run that computed it.
+``--store`` keeps the references as a sub-run ``reference-<hash>`` of ``--run``, keyed by the images and the
+reference settings only (they take hours on 200 images of one core: Square's 5,000 queries on the images left
+robust), resumable per batch and loaded once finished (their seconds are then those of the run that computed
+them); the suites, minutes each, are recomputed, so a suite change is cross-checked without redoing them.
+``--suites-only`` stops after the suites.
 
 Prints, per attack and norm: seconds per image (wall time of one batched call divided by the images),
 success rate and median l2/linf distance of the successes. ``--threads`` sets torch's CPU threads (default
@@ -60,10 +63,13 @@ def main() -> None:
     ap.add_argument("--eps-l2", default="0.5,1", help="--reference: l2 radii (default 0.5,1)")
     ap.add_argument("--scale", default="paper", choices=("paper", "profile"),
                     help="--reference: the suite's budgets (default: the paper-scale grid's)")
-    ap.add_argument("--after", default="", help="--reference: field=value,... of a second suite to compare")
+    ap.add_argument("--after", default="", help="--reference: field=value,... of a second suite to compare "
+                                                "(several: separated by ';')")
     ap.add_argument("--store", action="store_true",
-                    help="--reference with --run: keep the suite and the references as a resumable sub-run "
-                         "attack-<hash> of the model's run (a finished one is loaded, an interrupted one resumes)")
+                    help="--reference with --run: keep the references as a resumable sub-run reference-<hash> of "
+                         "the model's run (a finished one is loaded, an interrupted one resumes)")
+    ap.add_argument("--suites-only", action="store_true",
+                    help="--reference: stop after the suites (and --after's), without the hours-long references")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.run:
@@ -105,7 +111,10 @@ def _overrides(text: str, cfg) -> dict:
         if not sep or not hasattr(cfg, key):
             raise SystemExit(f"--after {item!r}: expected field=value with a field of AttackConfig")
         cur = getattr(cfg, key)
-        out[key] = value if isinstance(cur, str) or cur is None else type(cur)(value)
+        if isinstance(cur, tuple):  # tuple fields: items separated by '/', e.g. attacks=pgd/cw/fmn-refine
+            out[key] = tuple(filter(None, value.split("/")))
+        else:
+            out[key] = value if isinstance(cur, str) or cur is None else type(cur)(value)
     return out
 
 
@@ -154,56 +163,70 @@ def reference_mode(model, x, y, idx, args) -> None:
         print_jobs(out, label)
         return out
 
-    stored = None
-    if args.store:  # the suite and the references as one resumable sub-run of the model's run
-        from paperlib.attacks.suite import attack_model
-        from paperlib.stages import stage_subrun
-
-        if not args.run:
-            raise SystemExit("--store needs --run: the cross-check is stored as a sub-run of the model's run")
-        sub = stage_subrun(args.run, cfg)
-        t0 = time.perf_counter()
-        stored = attack_model(model, x, y, idx, cfg, sub, progress=True)
-        print(f"paper suite and references (stored in {sub.path}): {time.perf_counter() - t0:.0f} s", flush=True)
-        print_jobs(stored, "paper suite")
-        suite = stored
-    else:
-        suite = run_suite(paper, "paper suite")
-    if args.after:
-        after_cfg = dataclasses.replace(paper, **_overrides(args.after, paper))
-        after = run_suite(after_cfg, "after")
+    suites = [("paper suite", run_suite(paper, "paper suite"))]
+    for k, change in enumerate(filter(None, args.after.split(";"))):
+        label = "after" if ";" not in args.after else f"after {k + 1} ({change})"
+        after = run_suite(dataclasses.replace(paper, **_overrides(change, paper)), label)
+        suites.append((label, after))
         for norm in paper.norms:
-            d0, d1 = (t.best[t.best["norm"] == norm].set_index("image")["best"].astype(float) for t in (suite, after))
+            d0, d1 = (t.best[t.best["norm"] == norm].set_index("image")["best"].astype(float)
+                      for t in (suites[0][1], after))
             d1 = d1.reindex(d0.index)
             ok = (d0 > 0) & (d0 < float("inf"))
             ratio = d1[ok] / d0[ok]
-            print(f"{norm}: median best {d0[ok].median():.4f} -> {d1[ok].median():.4f}; after / before median "
-                  f"{ratio.median():.4f}, worst {ratio.max():.4f}; more than 1 % farther on {int((ratio > 1.01).sum())} "
-                  f"of {int(ok.sum())} images", flush=True)
-    if stored is not None:
-        summary = stored.summary["reference"]
+            print(f"{label}, {norm}: median best {d0[ok].median():.4f} -> {d1[ok].median():.4f}; after / before median "
+                  f"{ratio.median():.4f}, worst {ratio.max():.4f}, best {ratio.min():.4f}; more than 1 % farther on "
+                  f"{int((ratio > 1.01).sum())} and more than 1 % closer on {int((ratio < 0.99).sum())} of "
+                  f"{int(ok.sum())} images", flush=True)
+    if args.suites_only:
+        return
+    t0 = time.perf_counter()
+    if args.store:  # the references alone, as a resumable sub-run of the model's run (keyed by their settings)
+        from paperlib.runs import Run, load_or_run
+
+        if not args.run:
+            raise SystemExit("--store needs --run: the references are stored as a sub-run of the model's run")
+        fields = ("n_images", "seed", "batch_size", "top_k", "norms", "reference_attacks", "reference_eps_l2",
+                  "reference_eps_linf", "reference_steps", "reference_queries", "reference_targets")
+        record = {"draw": "fashion-mnist test, sample_images(seed)", **{f: getattr(cfg, f) for f in fields}}
+        from paperlib.config import config_hash
+
+        sub = Run(f"{args.run}/reference-{config_hash(record, 8)}", record)
+
+        def compute(r):
+            table, info = _reference_batches(model, x, y, idx, cfg, run=r, progress=True)
+            r.write_table("reference.csv", table)
+            r.write_json("reference_info.json", info)
+            return {"seconds": sum(info["seconds"].values())}
+
+        load_or_run(sub, compute)
+        reference, info = sub.read_table("reference.csv"), sub.read_json("reference_info.json")
+        print(f"reference attacks (stored in {sub.path}; their seconds are those of the run that computed them): "
+              f"{time.perf_counter() - t0:.0f} s to load or compute", flush=True)
     else:
-        t0 = time.perf_counter()
         reference, info = _reference_batches(model, x, y, idx, cfg, progress=True)
         print(f"reference attacks: {time.perf_counter() - t0:.0f} s", flush=True)
+    for label, suite in suites:
         best_all = best_distances(pd.concat([suite.attacks, reference[ATTACK_COLUMNS]], ignore_index=True), cfg.norms)
         summary = _summarize_reference(suite.attacks, suite.best, reference, best_all, cfg, info)
-    print(head + "   (not in the paper; fixed-eps attacks run on the images the previous ones left robust)")
-    for job, r in summary["jobs"].items():
-        ok = f"{r['success_pct']:7.1f}%" if r["success_pct"] is not None else f"{'-':>8}"
-        print(f"{job:<26} {r['forward_passes_per_image']:10.0f} {r['backward_passes_per_image']:10.0f} "
-              f"{r['seconds_per_image']:8.3f} {ok}")
-    for norm, c in summary["cross_check"].items():
-        med = summary[f"median_best_{norm}"]
-        print(f"{norm}: suite best within 1% of the references' minimum on {c['within_pct']:.1f}% of "
-              f"{c['n_images']} images (needed: 95%); a reference more than 10% closer on {c['closer_by_10pct']:.1f}%; "
-              f"median suite / reference {c['median_ratio']:.4f}; median best: paper suite {med['paper_suite']:.4f}, "
-              f"best of all {med['best_of_all']:.4f}")
-        for eps, e in c["errors"].items():
-            flag = "ok" if e["suite"] >= e["autoattack"] - 0.5 else "SUITE BELOW AUTOATTACK - 0.5"
-            label = f"{float(eps) * 255:.3g}/255" if norm == "linf" else eps
-            print(f"  % error at {label}: suite {e['suite']:.1f}, AutoAttack {e['autoattack']:.1f}, best of all "
-                  f"{e['best_of_all']:.1f}  [{flag}]")
+        if label == "paper suite":
+            print(head + "   (not in the paper; fixed-eps attacks run on the images the previous ones left robust)")
+            for job, r in summary["jobs"].items():
+                ok = f"{r['success_pct']:7.1f}%" if r["success_pct"] is not None else f"{'-':>8}"
+                print(f"{job:<26} {r['forward_passes_per_image']:10.0f} {r['backward_passes_per_image']:10.0f} "
+                      f"{r['seconds_per_image']:8.3f} {ok}")
+        print(f"cross-check of the {label}:")
+        for norm, c in summary["cross_check"].items():
+            med = summary[f"median_best_{norm}"]
+            print(f"{norm}: suite best within 1% of the references' minimum on {c['within_pct']:.1f}% of "
+                  f"{c['n_images']} images (needed: 95%); a reference more than 10% closer on "
+                  f"{c['closer_by_10pct']:.1f}%; median suite / reference {c['median_ratio']:.4f}; median best: "
+                  f"suite {med['paper_suite']:.4f}, best of all {med['best_of_all']:.4f}")
+            for eps, e in c["errors"].items():
+                flag = "ok" if e["suite"] >= e["autoattack"] - 0.5 else "SUITE BELOW AUTOATTACK - 0.5"
+                shown = f"{float(eps) * 255:.3g}/255" if norm == "linf" else eps
+                print(f"  % error at {shown}: suite {e['suite']:.1f}, AutoAttack {e['autoattack']:.1f}, best of all "
+                      f"{e['best_of_all']:.1f}  [{flag}]")
 
 
 if __name__ == "__main__":

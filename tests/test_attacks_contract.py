@@ -16,6 +16,7 @@ import torch
 from paperlib.attacks import (
     PGD,
     BoundaryAttack,
+    FastMinimumNorm,
     CarliniWagnerL2,
     ImageNoise,
     LogBarrierAttack,
@@ -36,6 +37,8 @@ def small_attacks():
         "boundary": BoundaryAttack(steps=150, init_steps=20),
         "logbarrier-l2": LogBarrierAttack(norm="L2", max_outer=2, max_inner=20),
         "logbarrier-linf": LogBarrierAttack(norm="linf", max_outer=2, max_inner=20),
+        "fmn-l2": FastMinimumNorm(norm="l2", steps=20),
+        "fmn-linf": FastMinimumNorm(norm="linf", steps=20),
     }
 
 

@@ -9,6 +9,8 @@ linf distances of what was found.
 * :mod:`.cw` -- :class:`CarliniWagnerL2` with the binary search over c
 * :mod:`.boundary` -- :class:`BoundaryAttack` (decision-based, gradient-free)
 * :mod:`.logbarrier` -- :class:`LogBarrierAttack` in l2 and linf (Finlay et al. 2019)
+* :mod:`.fmn` -- not in the paper: :class:`FastMinimumNorm` (Pintor et al. 2021, our implementation), l2 and
+  linf, warm-started by the suite from the paper's attacks' best (``'fmn-refine'``)
 * :mod:`.reference` -- not in the paper: the field's reference attacks from torchattacks / foolbox behind the
   same contract (:class:`FABAttack`, :class:`FMNAttack`, :class:`DDNAttack`, :class:`APGDAttack`,
   :class:`APGDTargetedAttack`, :class:`SquareAttack`)
@@ -27,6 +29,7 @@ from paperlib.attacks.base import (
 )
 from paperlib.attacks.boundary import BoundaryAttack
 from paperlib.attacks.cw import CarliniWagnerL2
+from paperlib.attacks.fmn import FastMinimumNorm
 from paperlib.attacks.logbarrier import LogBarrierAttack
 from paperlib.attacks.norms import L2, Linf, Norm, get_norm
 from paperlib.attacks.pgd import PGD, L2PGD, LinfPGD, MinimalPGD
@@ -43,6 +46,7 @@ __all__ = [
     "Attack", "AttackResult", "FixedEpsilonAttack", "MinimizationAttack", "Misclassification", "ImageNoise",
     "image_keys",
     "PGD", "L2PGD", "LinfPGD", "MinimalPGD", "CarliniWagnerL2", "BoundaryAttack", "LogBarrierAttack",
+    "FastMinimumNorm",
     "Norm", "L2", "Linf", "get_norm",
     "FABAttack", "FMNAttack", "DDNAttack", "APGDAttack", "APGDTargetedAttack", "SquareAttack",
 ]

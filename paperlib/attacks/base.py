@@ -383,7 +383,7 @@ class Attack(ABC):
             eps_out: Optional[Tensor] = None
             rows = clean_correct.nonzero().flatten()
             if rows.numel():
-                sub_kwargs = {k: (v[rows] if isinstance(v, Tensor) and v.dim() == 1 and len(v) == len(x) else v)
+                sub_kwargs = {k: (v[rows] if isinstance(v, Tensor) and v.dim() >= 1 and len(v) == len(x) else v)
                               for k, v in kwargs.items()}
                 a, e = self._attack(model, x[rows], y[rows], noise, rows, **sub_kwargs)
                 adv[rows] = a.detach().to(x.dtype)

@@ -43,6 +43,7 @@ from paperlib.attacks.base import Attack, AttackResult, Misclassification
 from paperlib.attacks.boundary import BoundaryAttack
 from paperlib.attacks.checks import Check, convergence_failures, run_checks
 from paperlib.attacks.cw import CarliniWagnerL2
+from paperlib.attacks.fmn import FastMinimumNorm
 from paperlib.attacks.logbarrier import LogBarrierAttack
 from paperlib.attacks.norms import get_norm
 from paperlib.attacks.pgd import MinimalPGD
@@ -74,6 +75,8 @@ from paperlib.stages import Stage, register_stage, run_or_load
 
 __all__ = [
     "ATTACKS",
+    "EXTRA_ATTACKS",
+    "SUITE_ATTACKS",
     "L2_ONLY",
     "AttackConfig",
     "SuiteResult",
@@ -94,6 +97,12 @@ __all__ = [
 
 #: the suite's attacks, in the order they run
 ATTACKS = ("pgd", "cw", "boundary", "logbarrier")
+#: attacks the suite can add after the paper's, *not in the paper*: 'fmn-refine', the Fast Minimum-Norm attack
+#: (:class:`~paperlib.attacks.fmn.FastMinimumNorm`) started from the best adversarial the earlier attacks found
+#: for the image in that norm (cold where they found none), so it never ends farther than they did
+EXTRA_ATTACKS = ("fmn-refine",)
+#: every attack name ``AttackConfig.attacks`` accepts, in the order the suite runs them
+SUITE_ATTACKS = ATTACKS + EXTRA_ATTACKS
 #: attacks that optimize the l2 distance only (their adversarials still count in linf)
 L2_ONLY = ("cw", "boundary")
 
@@ -108,7 +117,8 @@ class AttackConfig:
     """What the suite runs (its hash names the run; change any field and it is recomputed).
 
     Args:
-        attacks: subset of ``('pgd', 'cw', 'boundary', 'logbarrier')``.
+        attacks: subset of the paper's ``('pgd', 'cw', 'boundary', 'logbarrier')`` and, not in the paper,
+            ``'fmn-refine'`` (:data:`EXTRA_ATTACKS`: FMN warm-started from the earlier attacks' best).
         norms: subset of ``('l2', 'linf')`` (case-insensitive). PGD and LogBarrier run once per norm; CW and
             Boundary are l2 attacks and run when 'l2' is requested.
         n_images: number of seeded-random test images (the paper: 1000).
@@ -196,6 +206,8 @@ class AttackConfig:
             profile uses 5, as its bounds' ``top_k``). Success, the best distances and the empirical error are
             then top-k. The library reference attacks are top-1 only: ``top_k > 1`` with
             ``reference_attacks`` is a :class:`~paperlib.config.ConfigError`.
+        fmn_steps: iterations of 'fmn-refine' per norm (default 100; it costs that many forward and backward
+            passes per image, plus 12 forward for the bisection of its start).
 
     :meth:`~paperlib.attacks.suite.AttackConfig.cheap` is the recommended configuration for the grid evaluation
     (:data:`~paperlib.attacks.suite.CHEAP_BUDGETS`).
@@ -256,23 +268,24 @@ class AttackConfig:
     top_k: int = field(default=1, metadata={OMIT_AT_DEFAULT: True})
     escalate: int = field(default=0, metadata={OMIT_AT_DEFAULT: True})
     escalate_norms: tuple[str, ...] = field(default=(), metadata={OMIT_AT_DEFAULT: True})
+    fmn_steps: int = field(default=100, metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         attacks = tuple(self.attacks) if not isinstance(self.attacks, str) else (self.attacks,)
         if not attacks:
-            raise ConfigError(f"attacks={self.attacks!r} is empty; choose from {', '.join(ATTACKS)}")
+            raise ConfigError(f"attacks={self.attacks!r} is empty; choose from {', '.join(SUITE_ATTACKS)}")
         for a in attacks:
-            check_choice("attack", a, ATTACKS)
+            check_choice("attack", a, SUITE_ATTACKS)
         norms = tuple(self.norms) if not isinstance(self.norms, str) else (self.norms,)
         if not norms:
             raise ConfigError("norms=() is empty; choose 'l2' and/or 'linf'")
         norms = tuple(dict.fromkeys(normalize_norm(n) for n in norms))
         if "l2" not in norms and all(a in L2_ONLY for a in attacks):
             raise ConfigError(f"attacks {attacks} are l2 attacks but norms={norms}; add 'l2' or another attack")
-        object.__setattr__(self, "attacks", tuple(a for a in ATTACKS if a in attacks))
+        object.__setattr__(self, "attacks", tuple(a for a in SUITE_ATTACKS if a in attacks))
         object.__setattr__(self, "norms", tuple(n for n in ("l2", "linf") if n in norms))
         for name in ("n_images", "batch_size", "pgd_steps", "cw_steps", "cw_binary_search_steps",
-                     "boundary_steps", "logbarrier_outer", "logbarrier_inner"):
+                     "boundary_steps", "logbarrier_outer", "logbarrier_inner", "fmn_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{name}={v!r} must be an integer")
@@ -427,6 +440,8 @@ class AttackConfig:
             logbarrier_linf_inner=self.logbarrier_linf_inner * factor,
             logbarrier_linf_outer=self.logbarrier_linf_outer * factor if factor > 1 else self.logbarrier_linf_outer,
             boundary_patience=self.boundary_patience * factor,
+            # only where it runs: a config without it keeps its scaled hash (the stored escalation rounds')
+            fmn_steps=self.fmn_steps * factor if "fmn-refine" in self.attacks else self.fmn_steps,
             early_stop_tol=self.early_stop_tol / factor if stopping else self.early_stop_tol)
 
     def escalated(self, factor: int, norms: Sequence[str]) -> "AttackConfig":
@@ -467,7 +482,9 @@ class AttackConfig:
                                     patience=self.logbarrier_patience, tol_stop=self.early_stop_tol,
                                     init_growth=float(self.logbarrier_init_growth), stall=self.logbarrier_stall,
                                     outer_patience=self.logbarrier_outer_patience, criterion=criterion)
-        raise ConfigError(f"attack={attack!r} is not allowed; choose one of {', '.join(ATTACKS)}")
+        if attack == "fmn-refine":
+            return FastMinimumNorm(norm=norm, steps=self.fmn_steps, criterion=criterion)
+        raise ConfigError(f"attack={attack!r} is not allowed; choose one of {', '.join(SUITE_ATTACKS)}")
 
 
 #: The recommended attack budgets for the grid evaluation (:meth:`~paperlib.attacks.suite.AttackConfig.cheap`),
@@ -574,14 +591,20 @@ def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: At
     for b in range(state["batches_done"], len(starts)):
         s = starts[b]
         xb, yb, ib = x[s:s + cfg.batch_size], y[s:s + cfg.batch_size], idx[s:s + cfg.batch_size]
+        # per norm, the closest adversarial of the batch's jobs so far: fmn-refine starts from it
+        closest = {n: (xb.clone(), torch.full((len(xb),), math.inf, dtype=torch.float64, device=xb.device))
+                   for n in cfg.norms}
         for attack_name, norm in jobs:
             atk = cfg.build(attack_name, norm)
             xj, yj, ij = xb, yb, ib
+            on = torch.ones(len(xb), dtype=torch.bool)
             if attack_name == "boundary" and cfg.boundary_every > 1:  # every k-th image of the whole draw
                 on = torch.arange(s, s + len(xb)) % cfg.boundary_every == 0
                 xj, yj, ij = xb[on], yb[on], ib[on]
             key = f"{attack_name}-{norm}"
-            res = _counted_call(counted, state, key, lambda: atk(counted, xj, yj, seed=cfg.seed, keys=ij))
+            kw = {"start": closest[norm][0]} if attack_name in EXTRA_ATTACKS else {}
+            res = _counted_call(counted, state, key, lambda: atk(counted, xj, yj, seed=cfg.seed, keys=ij, **kw))
+            _keep_closest(closest, res, on)
             st = _job_stats(res, xj)
             prev = state["stats"].get(key, {})
             state["stats"][key] = {k: max(v, prev.get(k, 0.0)) for k, v in st.items()}
@@ -597,6 +620,17 @@ def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: At
     table = pd.DataFrame(state["rows"], columns=ATTACK_COLUMNS)
     table["success"] = table["success"].astype(bool)
     return table, {"stats": state["stats"], "seconds": state["seconds"], "passes": state["passes"]}
+
+
+def _keep_closest(closest: dict, res: AttackResult, on: Tensor) -> None:
+    """Update ``closest`` (``{norm: (adversarials [B, ...], distances [B])}`` of a batch) with an attack's
+    result on the rows ``on`` of the batch: in each norm, where its adversarial is strictly closer."""
+    for n, (adv, dist) in closest.items():
+        d = res.distance(n).to(dist.device)
+        rows = on.to(dist.device).nonzero().flatten()
+        closer = d < dist[rows]
+        adv[rows[closer]] = res.adversarials[closer].detach().to(adv)
+        dist[rows[closer]] = d[closer]
 
 
 def _counted_call(counted: "PassCounter", state: dict, key: str, call):
