@@ -1363,6 +1363,43 @@ def tradeoff_figure(grid: dict[str, ModelResults], *, new: tuple[str, float, dic
     return fig
 
 
+def boundary_start_failures(grid: dict[str, ModelResults], n_noise: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Why the Boundary attack failed where it did: one row per model whose ``boundary-l2`` job left a correctly
+    classified image unbroken, with the labels of those images and the share of ``n_noise`` uniform-noise images
+    (seeded) that the model assigns to each of these labels.
+
+    The Boundary attack (foolbox's, and ours) starts from blended uniform noise the model misclassifies; on an
+    image whose label the model gives to (nearly) every noise image there is no such start, so the attack cannot
+    begin. A share near 100 % names that cause; a small one would point elsewhere (the budget)."""
+    import torch
+
+    from paperlib.data import load_dataset, sample_images
+    from paperlib.training import load_trained
+
+    rows = []
+    for k, m in grid.items():
+        if m.suite is None:
+            continue
+        a = m.suite.attacks
+        b = a[(a["attack"] == "boundary") & (a["norm"] == "l2")]
+        failed = b[~b["success"].astype(bool)]
+        if failed.empty:
+            continue
+        model, _ = load_trained(m.path)
+        x, _, _ = sample_images(load_dataset(m.config.dataset, "test"), 1, seed=0)  # for the image shape
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            pred = model(torch.rand(n_noise, *x.shape[1:], generator=g)).argmax(1)
+        labels = failed["label"].value_counts().sort_index()
+        rows.append({"model": k, "boundary success %": float(m.suite.summary["jobs"]["boundary-l2"]["success_pct"]),
+                     "failed": int(len(failed)),
+                     "their labels": ", ".join(f"{int(lab)} ({int(c)})" for lab, c in labels.items()),
+                     "noise given that label %": ", ".join(f"{100 * float((pred == int(lab)).float().mean()):.1f}"
+                                                          for lab in labels.index),
+                     "least noise share %": min(100 * float((pred == int(lab)).float().mean()) for lab in labels.index)})
+    return pd.DataFrame(rows)
+
+
 def check_failures_note(grid: dict[str, ModelResults]) -> str:
     """The verdict page's reading of the evaluation checks, generated from the runs: which check fails on how
     many models, each failing check's measured message on one model, and whether the best distances could depend
@@ -1379,6 +1416,14 @@ def check_failures_note(grid: dict[str, ModelResults]) -> str:
         example = check_messages(grid, c)[bad[0]]
         lines.append(f"- `{c}` fails on {len(bad)} of {len(checks)} models ({', '.join(bad)}); on "
                      f"{bad[0]}: {example}.")
+        if c == "minimal_attacks_succeed":
+            for r in boundary_start_failures({k: grid[k] for k in bad}).to_dict("records"):
+                why = ("so the attack's noise start has no misclassified point to begin from on them"
+                       if r["least noise share %"] >= 99 else
+                       "so its noise start is not the whole cause; a larger Boundary budget may be")
+                lines.append(f"  - {r['model']}: the Boundary attack failed on {r['failed']} images, of labels (count) "
+                             f"{r['their labels']}; the model assigns {r['noise given that label %']} % of 1000 "
+                             f"uniform-noise images to these labels, {why}.")
     unbroken = {k: (int(m.suite.summary.get("unbroken_l2", 0)), int(m.suite.summary.get("unbroken_linf", 0)))
                 for k, m in grid.items() if m.suite is not None}
     left = {k: v for k, v in unbroken.items() if sum(v)}
