@@ -179,7 +179,7 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
                     f"{pre.path / DIVERGED} to try again")
                 continue
             was = pre.is_finished()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 run = _timed(times, "train", training.train, cfg, store, progress=progress, wait=wait)
             except RunLockedError as exc:
@@ -196,6 +196,7 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
                 continue
             if not was:
                 computed["train"] = time.perf_counter() - t0
+                computed["train_cpu"] = time.process_time() - c0
         else:
             run = store.run(cfg.profile, _run_name(cfg), cfg)
         runs[key] = str(run.path)
@@ -219,16 +220,19 @@ def reproduce(profile: str, runs_dir: str | Path | None = None, *, stages: Seque
 
         def record() -> None:
             _record_timing(store.root / profile, key,
-                           {s: v + (prior.get(s, 0.0) if s in kept else 0.0) for s, v in computed.items()}, tag)
+                           {s: v + (prior.get(s, 0.0) if s.removesuffix("_cpu") in kept else 0.0)
+                            for s, v in computed.items()}, tag)
 
         def timed_stage(stage, sub, fn, *args, **kwargs):
             was = sub.is_finished()
             if was:
                 kept.add(stage)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = _timed(times, stage, fn, *args, sub, **kwargs)
             if not was:
                 computed[stage] = computed.get(stage, 0.0) + time.perf_counter() - t0
+                # CPU seconds of this process (all its threads): what the stage cost whatever else ran beside it
+                computed[f"{stage}_cpu"] = computed.get(f"{stage}_cpu", 0.0) + time.process_time() - c0
                 record()  # at once, so a process stopped in a later stage keeps this one's seconds
             return out
 
@@ -303,7 +307,9 @@ def _record_timing(root: Path, key: str, computed: dict[str, float], tag: str = 
 
 def stage_seconds(profile_dir: str | Path, tag: str = "") -> dict[str, dict[str, float]]:
     """Per-model seconds of each stage as :func:`reproduce` measured them when it computed them:
-    ``{key: {'train': s, 'attack': s, ...}}`` from ``<profile_dir>/timings<tag>/`` (see :func:`recipe_tag`)."""
+    ``{key: {'train': s, 'attack': s, ...}}`` from ``<profile_dir>/timings<tag>/`` (see :func:`recipe_tag`): wall
+    seconds, and, for stages computed since they were recorded, the process's CPU seconds as ``'<stage>_cpu'``
+    (with one thread per process, the compute the stage used whatever ran beside it)."""
     d = Path(profile_dir) / f"timings{tag}"
     return {p.stem: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
 

@@ -41,7 +41,15 @@ def test_reproduce_smoke_is_resumable(tmp_path):
     assert finished_dir(run) and finished_dir(run / "bounds-l2") and finished_dir(run / "certify-sigma0.25")
     assert json.loads((tmp_path / "smoke" / "reproduce.json").read_text())["seconds"]["total"] > 0
     first = stage_seconds(tmp_path / "smoke")["undefended"]
-    assert set(first) == {"train", "bound", "certify"} and min(first.values()) > 0
+    assert set(first) == {"train", "bound", "certify", "train_cpu", "bound_cpu", "certify_cpu"}
+    assert min(first.values()) > 0
+    from paperlib.report.results import ModelResults, stage_cpu_hours
+
+    m = ModelResults(key="undefended", path=run, run_id="smoke/undefended", config=None, metrics={},
+                     log=None, seconds=first)
+    cpu = stage_cpu_hours({"undefended": m})
+    assert list(cpu.index) == ["train", "bound", "certify"] and bool((cpu["models"] == 1).all())
+    assert cpu.loc["train", "CPU hours"] == pytest.approx(first["train_cpu"] / 3600)
     again = reproduce("smoke", tmp_path, stages=stages, only=["undefended"], progress=False, log=lines.append)
     assert again["seconds"]["total"] < report["seconds"]["total"]  # everything loads
     assert stage_seconds(tmp_path / "smoke")["undefended"] == first  # loading keeps the computed seconds
@@ -140,7 +148,7 @@ def test_a_stage_keeps_its_seconds_when_the_process_stops_in_a_later_one(tmp_pat
         reproduce("smoke", tmp_path, stages=("train", "bound", "certify"), only=["undefended"], progress=False,
                   log=lambda _: None)
     seconds = stage_seconds(tmp_path / "smoke")["undefended"]
-    assert set(seconds) == {"train", "bound"} and min(seconds.values()) > 0
+    assert set(seconds) == {"train", "bound", "train_cpu", "bound_cpu"} and min(seconds.values()) > 0
 
 
 @pytest.mark.parametrize("argv, recipe, free", [

@@ -1266,6 +1266,19 @@ def stage_hours(grid: dict[str, ModelResults]) -> pd.Series:
     return pd.Series(tot, name="hours").reindex(["train", "attack", "bound", "certify"]).dropna()
 
 
+def stage_cpu_hours(grid: dict[str, ModelResults]) -> pd.DataFrame:
+    """Per stage, the CPU hours of this process summed over the models whose stage recorded them (runs computed
+    after ``paperlib reproduce`` began recording ``'<stage>_cpu'``), with the wall hours of the same models and
+    how many they are: the CPU hours do not grow when other processes share the cores, the wall hours do."""
+    rows = {}
+    for stage in ("train", "attack", "bound", "certify"):
+        have = [m.seconds for m in grid.values() if f"{stage}_cpu" in m.seconds and stage in m.seconds]
+        if have:
+            rows[stage] = {"models": len(have), "CPU hours": sum(s[f"{stage}_cpu"] for s in have) / 3600,
+                           "wall hours": sum(s[stage] for s in have) / 3600}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 # --------------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------------
