@@ -78,7 +78,7 @@ def test_fmn_refine_in_the_suite_is_never_farther_and_keeps_the_hash_at_its_defa
     idx = torch.arange(12)
     base = AttackConfig(n_images=12, batch_size=6, pgd_steps=5, pgd_search_steps=3, cw_steps=20,
                         cw_binary_search_steps=2, boundary_steps=60, logbarrier_outer=2, logbarrier_inner=10,
-                        convergence_n=0)
+                        convergence_n=0, boundary_every=2)  # Boundary on every other image: the start mixes both
     more = dataclasses.replace(base, attacks=base.attacks + ("fmn-refine",), fmn_steps=30)
     assert "fmn_steps" not in config_to_dict(AttackConfig())  # at its default the stored runs keep their hashes
     assert config_to_dict(AttackConfig(fmn_steps=30))["fmn_steps"] == 30
