@@ -21,7 +21,9 @@ first's, and per norm how many images it leaves more than 1 % farther (the budge
 reference settings only (they take hours on 200 images of one core: Square's 5,000 queries on the images left
 robust), resumable per batch and loaded once finished (their seconds are then those of the run that computed
 them); the suites, minutes each, are recomputed, so a suite change is cross-checked without redoing them.
-``--suites-only`` stops after the suites.
+``--suites-only`` stops after the suites. ``--before profile`` runs the first suite at the fmnist profile's
+budgets (the suite before issue 12's changes) and the ``--after`` ones at ``--scale``'s with their changes, so
+a cheaper suite is compared image by image with the one it replaces.
 
 Prints, per attack and norm: seconds per image (wall time of one batched call divided by the images),
 success rate and median l2/linf distance of the successes. ``--threads`` sets torch's CPU threads (default
@@ -63,6 +65,9 @@ def main() -> None:
     ap.add_argument("--eps-l2", default="0.5,1", help="--reference: l2 radii (default 0.5,1)")
     ap.add_argument("--scale", default="paper", choices=("paper", "profile"),
                     help="--reference: the suite's budgets (default: the paper-scale grid's)")
+    ap.add_argument("--before", default=None, choices=("paper", "profile"),
+                    help="--reference: the budgets of the first suite, which --after's are compared with "
+                         "(default: --scale's; 'profile': the suite as issue 12 found it)")
     ap.add_argument("--after", default="", help="--reference: field=value,... of a second suite to compare "
                                                 "(several: separated by ';')")
     ap.add_argument("--store", action="store_true",
@@ -71,6 +76,7 @@ def main() -> None:
     ap.add_argument("--suites-only", action="store_true",
                     help="--reference: stop after the suites (and --after's), without the hours-long references")
     args = ap.parse_args()
+    args.before = args.before or args.scale
     torch.set_num_threads(args.threads)
     if args.run:
         from paperlib.training import load_trained
@@ -163,10 +169,14 @@ def reference_mode(model, x, y, idx, args) -> None:
         print_jobs(out, label)
         return out
 
-    suites = [("paper suite", run_suite(paper, "paper suite"))]
+    first = paper
+    if args.before != args.scale:  # the first suite at the other scale's budgets, the --after ones at --scale's
+        first = dataclasses.replace(evaluation_configs("fmnist", scale=args.before)["attack"], n_images=n,
+                                    convergence_n=0, escalate=0, escalate_norms=(), seed=args.seed)
+    suites = [("paper suite", run_suite(first, f"paper suite ({args.before} budgets)"))]
     for k, change in enumerate(filter(None, args.after.split(";"))):
         label = "after" if ";" not in args.after else f"after {k + 1} ({change})"
-        after = run_suite(dataclasses.replace(paper, **_overrides(change, paper)), label)
+        after = run_suite(dataclasses.replace(paper, **_overrides(change, paper)), label)  # --scale's budgets
         suites.append((label, after))
         for norm in paper.norms:
             d0, d1 = (t.best[t.best["norm"] == norm].set_index("image")["best"].astype(float)
