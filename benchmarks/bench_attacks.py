@@ -188,6 +188,12 @@ def reference_mode(model, x, y, idx, args) -> None:
                   f"{ratio.median():.4f}, worst {ratio.max():.4f}, best {ratio.min():.4f}; more than 1 % farther on "
                   f"{int((ratio > 1.01).sum())} and more than 1 % closer on {int((ratio < 0.99).sum())} of "
                   f"{int(ok.sum())} images", flush=True)
+            farther = ratio.index[ratio > 1.01]
+            if len(farther):  # which attack of the first suite found what the second missed
+                before = suites[0][1].best
+                won = before[(before["norm"] == norm) & before["image"].isin(farther)]["best_attack"].value_counts()
+                print(f"  the first suite's best attack on those {len(farther)}: "
+                      + ", ".join(f"{a} {c}" for a, c in won.items()), flush=True)
     if args.suites_only:
         return
     t0 = time.perf_counter()
