@@ -141,8 +141,11 @@ def reference_mode(model, x, y, idx, args) -> None:
     import pandas as pd
 
     n = len(x)
-    paper = dataclasses.replace(evaluation_configs("fmnist", scale=args.scale)["attack"], n_images=n, convergence_n=0,
-                                escalate=0, escalate_norms=(), seed=args.seed)
+    def first_phase(scale):  # the grid's attack config at that scale: its first phase only, on these n images
+        return dataclasses.replace(evaluation_configs("fmnist", scale=scale)["attack"], n_images=n, convergence_n=0,
+                                   escalate=0, escalate_norms=(), seed=args.seed)
+
+    paper = first_phase(args.scale)
     cfg = dataclasses.replace(paper, reference_attacks=REFERENCE_ATTACKS,
                               reference_eps_linf=tuple(float(e) / 255 for e in args.eps_linf.split(",") if e),
                               reference_eps_l2=tuple(float(e) for e in args.eps_l2.split(",") if e))
@@ -169,10 +172,7 @@ def reference_mode(model, x, y, idx, args) -> None:
         print_jobs(out, label)
         return out
 
-    first = paper
-    if args.before != args.scale:  # the first suite at the other scale's budgets, the --after ones at --scale's
-        first = dataclasses.replace(evaluation_configs("fmnist", scale=args.before)["attack"], n_images=n,
-                                    convergence_n=0, escalate=0, escalate_norms=(), seed=args.seed)
+    first = first_phase(args.before)  # the --after suites are --scale's budgets with their changes
     suites = [("paper suite", run_suite(first, f"paper suite ({args.before} budgets)"))]
     for k, change in enumerate(filter(None, args.after.split(";"))):
         label = "after" if ";" not in args.after else f"after {k + 1} ({change})"
@@ -198,6 +198,7 @@ def reference_mode(model, x, y, idx, args) -> None:
         return
     t0 = time.perf_counter()
     if args.store:  # the references alone, as a resumable sub-run of the model's run (keyed by their settings)
+        from paperlib.config import config_hash
         from paperlib.runs import Run, load_or_run
 
         if not args.run:
@@ -205,8 +206,6 @@ def reference_mode(model, x, y, idx, args) -> None:
         fields = ("n_images", "seed", "batch_size", "top_k", "norms", "reference_attacks", "reference_eps_l2",
                   "reference_eps_linf", "reference_steps", "reference_queries", "reference_targets")
         record = {"draw": "fashion-mnist test, sample_images(seed)", **{f: getattr(cfg, f) for f in fields}}
-        from paperlib.config import config_hash
-
         sub = Run(f"{args.run}/reference-{config_hash(record, 8)}", record)
 
         def compute(r):

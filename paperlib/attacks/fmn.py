@@ -38,15 +38,9 @@ from torch import Tensor, nn
 
 from paperlib.attacks.base import ImageNoise, MinimizationAttack, Misclassification, check_criterion
 from paperlib.attacks.norms import get_norm
-from paperlib.config import ConfigError, check_positive, normalize_norm
+from paperlib.config import ConfigError, check_int, check_positive, normalize_norm
 
 __all__ = ["FastMinimumNorm"]
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
-    return value
 
 
 def _cosine(i: int, steps: int, start: float, end: float) -> float:
@@ -80,8 +74,8 @@ class FastMinimumNorm(MinimizationAttack):
                  search_steps: int = 10, criterion: Optional[Misclassification] = None) -> None:
         self.criterion = check_criterion(criterion)
         self.norm = normalize_norm(norm)
-        self.steps = _check_int("steps", steps, 1)
-        self.search_steps = _check_int("search_steps", search_steps, 0)
+        self.steps = check_int("steps", steps, 1)
+        self.search_steps = check_int("search_steps", search_steps, 0)
         check_positive("alpha_init", alpha_init)
         check_positive("gamma_init", gamma_init)
         check_positive("gamma_final", gamma_final)

@@ -1404,12 +1404,12 @@ def boundary_start_failures(grid: dict[str, ModelResults], n_noise: int = 1000, 
         with torch.no_grad():
             pred = model(torch.rand(n_noise, *x.shape[1:], generator=g)).argmax(1)
         labels = failed["label"].value_counts().sort_index()
+        shares = [100 * float((pred == int(lab)).float().mean()) for lab in labels.index]
         rows.append({"model": k, "boundary success %": float(m.suite.summary["jobs"]["boundary-l2"]["success_pct"]),
                      "failed": int(len(failed)),
                      "their labels": ", ".join(f"{int(lab)} ({int(c)})" for lab, c in labels.items()),
-                     "noise given that label %": ", ".join(f"{100 * float((pred == int(lab)).float().mean()):.1f}"
-                                                          for lab in labels.index),
-                     "least noise share %": min(100 * float((pred == int(lab)).float().mean()) for lab in labels.index)})
+                     "noise given that label %": ", ".join(f"{v:.1f}" for v in shares),
+                     "least noise share %": min(shares)})
     return pd.DataFrame(rows)
 
 
