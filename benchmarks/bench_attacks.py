@@ -19,7 +19,7 @@ time with those budgets on the same images (several changes separated by ``;``: 
 first's, and per norm how many images it leaves more than 1 % farther (the budget change's cost in strength).
 ``--store`` keeps the references as a sub-run ``reference-<hash>`` of ``--run``, keyed by the images and the
 reference settings only (they take hours on 200 images of one core: Square's 5,000 queries on the images left
-robust), resumable per batch and loaded once finished (their seconds are then those of the run that computed
+robust), resumable per job and batch (computed before the suites) and loaded once finished (their seconds are then those of the run that computed
 them); the suites, minutes each, are recomputed, so a suite change is cross-checked without redoing them.
 ``--suites-only`` stops after the suites. ``--before profile`` runs the first suite at the fmnist profile's
 budgets (the suite before issue 12's changes) and the ``--after`` ones at ``--scale``'s with their changes, so
@@ -172,6 +172,32 @@ def reference_mode(model, x, y, idx, args) -> None:
         print_jobs(out, label)
         return out
 
+    if not args.suites_only:  # first, so that a stored (resumable) reference run is not queued behind the suites
+        t0 = time.perf_counter()
+        if args.store:  # the references alone, as a resumable sub-run of the model's run (keyed by their settings)
+            from paperlib.config import config_hash
+            from paperlib.runs import Run, load_or_run
+
+            if not args.run:
+                raise SystemExit("--store needs --run: the references are stored as a sub-run of the model's run")
+            fields = ("n_images", "seed", "batch_size", "top_k", "norms", "reference_attacks", "reference_eps_l2",
+                      "reference_eps_linf", "reference_steps", "reference_queries", "reference_targets")
+            record = {"draw": "fashion-mnist test, sample_images(seed)", **{f: getattr(cfg, f) for f in fields}}
+            sub = Run(f"{args.run}/reference-{config_hash(record, 8)}", record)
+
+            def compute(r):
+                table, info = _reference_batches(model, x, y, idx, cfg, run=r, progress=True)
+                r.write_table("reference.csv", table)
+                r.write_json("reference_info.json", info)
+                return {"seconds": sum(info["seconds"].values())}
+
+            load_or_run(sub, compute)
+            reference, info = sub.read_table("reference.csv"), sub.read_json("reference_info.json")
+            print(f"reference attacks (stored in {sub.path}; their seconds are those of the run that computed them): "
+                  f"{time.perf_counter() - t0:.0f} s to load or compute", flush=True)
+        else:
+            reference, info = _reference_batches(model, x, y, idx, cfg, progress=True)
+            print(f"reference attacks: {time.perf_counter() - t0:.0f} s", flush=True)
     first = first_phase(args.before)  # the --after suites are --scale's budgets with their changes
     suites = [("paper suite", run_suite(first, f"paper suite ({args.before} budgets)"))]
     for k, change in enumerate(filter(None, args.after.split(";"))):
@@ -196,31 +222,6 @@ def reference_mode(model, x, y, idx, args) -> None:
                       + ", ".join(f"{a} {c}" for a, c in won.items()), flush=True)
     if args.suites_only:
         return
-    t0 = time.perf_counter()
-    if args.store:  # the references alone, as a resumable sub-run of the model's run (keyed by their settings)
-        from paperlib.config import config_hash
-        from paperlib.runs import Run, load_or_run
-
-        if not args.run:
-            raise SystemExit("--store needs --run: the references are stored as a sub-run of the model's run")
-        fields = ("n_images", "seed", "batch_size", "top_k", "norms", "reference_attacks", "reference_eps_l2",
-                  "reference_eps_linf", "reference_steps", "reference_queries", "reference_targets")
-        record = {"draw": "fashion-mnist test, sample_images(seed)", **{f: getattr(cfg, f) for f in fields}}
-        sub = Run(f"{args.run}/reference-{config_hash(record, 8)}", record)
-
-        def compute(r):
-            table, info = _reference_batches(model, x, y, idx, cfg, run=r, progress=True)
-            r.write_table("reference.csv", table)
-            r.write_json("reference_info.json", info)
-            return {"seconds": sum(info["seconds"].values())}
-
-        load_or_run(sub, compute)
-        reference, info = sub.read_table("reference.csv"), sub.read_json("reference_info.json")
-        print(f"reference attacks (stored in {sub.path}; their seconds are those of the run that computed them): "
-              f"{time.perf_counter() - t0:.0f} s to load or compute", flush=True)
-    else:
-        reference, info = _reference_batches(model, x, y, idx, cfg, progress=True)
-        print(f"reference attacks: {time.perf_counter() - t0:.0f} s", flush=True)
     for label, suite in suites:
         best_all = best_distances(pd.concat([suite.attacks, reference[ATTACK_COLUMNS]], ignore_index=True), cfg.norms)
         summary = _summarize_reference(suite.attacks, suite.best, reference, best_all, cfg, info)

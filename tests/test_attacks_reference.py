@@ -250,6 +250,43 @@ def test_suite_writes_reference_rows_beside_the_paper_tables():
     assert cc["l2"]["n_images"] == 5 and set(cc["l2"]["errors"]) == {"0.4"}
 
 
+def test_reference_attacks_resume_mid_batch_and_match_an_uninterrupted_run(tmp_path, monkeypatch):
+    """The references checkpoint after every job: an interruption inside a batch's AutoAttack cascade resumes at
+    that job, with the cascade's state (which images an earlier fixed-eps attack broke) restored."""
+    import pandas as pd
+
+    from paperlib.attacks.suite import _reference_batches
+    from paperlib.runs import RunStore
+
+    model = TinyCNN(seed=3)
+    x = images(6, seed=5)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    idx = torch.arange(100, 106)
+    cfg = AttackConfig(attacks=("pgd",), n_images=6, batch_size=4, convergence_n=0, reference_attacks=(
+        "fab", "apgd-ce", "square"), reference_eps_l2=(0.4,), reference_steps=10, reference_queries=60)
+    full, _ = _reference_batches(model, x, y, idx, cfg, progress=False)
+    assert [k[0] for k in cfg.reference_jobs()] == ["fab", "fab", "apgd-ce", "square"]
+    original, built, interrupt = AttackConfig.build_reference, [], [True]
+
+    def flaky(self, attack, norm):
+        built.append(attack)
+        if len(built) == 4 and interrupt and interrupt.pop():  # the first batch's Square, after its APGD-CE
+            raise KeyboardInterrupt
+        return original(self, attack, norm)
+
+    monkeypatch.setattr(AttackConfig, "build_reference", flaky)
+    run = RunStore(tmp_path).run("smoke", "reference", {"test": 1})
+    with pytest.raises(KeyboardInterrupt):
+        _reference_batches(model, x, y, idx, cfg, run=run, progress=False)
+    state = run.load_checkpoint()["reference"]
+    assert (state["batches_done"], state["jobs_done"]) == (0, 3) and list(state["broken"]) == ["l2@0.4"]
+    built.clear()
+    resumed, _ = _reference_batches(model, x, y, idx, cfg, run=run, progress=False)
+    assert built == ["square", "fab", "fab", "apgd-ce", "square"]  # the first batch resumed at its Square
+    pd.testing.assert_frame_equal(resumed, full)
+
+
 def test_cross_check_counts_against_hand_made_tables():
     import pandas as pd
 

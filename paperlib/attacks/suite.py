@@ -956,7 +956,8 @@ def _reference_key(attack: str, norm: str, eps: Optional[float]) -> str:
 
 def _reference_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: AttackConfig, *, run=None,
                        progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """Run :meth:`~paperlib.attacks.suite.AttackConfig.reference_jobs` batch by batch (resumable under the checkpoint tag 'reference').
+    """Run :meth:`~paperlib.attacks.suite.AttackConfig.reference_jobs` batch by batch, resumable per job under
+    the checkpoint tag 'reference' (a reference job on a batch of 100 images can take half an hour on a CPU).
 
     A fixed-eps attack runs on the images no earlier fixed-eps attack of the same norm and radius broke
     (AutoAttack's cascade), so an image has a row for each attack up to the first that broke it."""
@@ -965,19 +966,26 @@ def _reference_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg:
     tag = "reference"
     jobs = cfg.reference_jobs()
     starts = list(range(0, len(x), cfg.batch_size))
-    state: dict[str, Any] = {"batches_done": 0, "rows": [], "seconds": {}, "passes": {}}
+    # jobs_done: jobs finished on batch batches_done; broken: that batch's cascade state, {"norm@eps": [bool]}
+    state: dict[str, Any] = {"batches_done": 0, "jobs_done": 0, "broken": {}, "rows": [], "seconds": {},
+                             "passes": {}}
     ck = run.load_checkpoint() if run is not None else None
     if ck is not None and ck.get(tag, {}).get("batches_done") is not None:
-        state = ck[tag]
+        state = {"jobs_done": 0, "broken": {}, **ck[tag]}  # a checkpoint of the per-batch version has neither
     others = {k: v for k, v in (ck or {}).items() if k != tag}
     counted = PassCounter(model)
     bar = tqdm(total=len(starts) * len(jobs), desc="reference attacks", disable=not progress, leave=False,
-               initial=state["batches_done"] * len(jobs))
+               initial=state["batches_done"] * len(jobs) + state["jobs_done"])
     for b in range(state["batches_done"], len(starts)):
         s = starts[b]
         xb, yb, ib = x[s:s + cfg.batch_size], y[s:s + cfg.batch_size], idx[s:s + cfg.batch_size]
         broken: dict[tuple[str, float], Tensor] = {}
-        for attack_name, norm, eps in jobs:
+        for key, flags in state["broken"].items():
+            norm, eps = key.split("@")
+            broken[(norm, float(eps))] = torch.tensor(flags, dtype=torch.bool)
+        for j, (attack_name, norm, eps) in enumerate(jobs):
+            if j < state["jobs_done"]:
+                continue
             atk = cfg.build_reference(attack_name, norm)
             todo = torch.ones(len(xb), dtype=torch.bool) if eps is None else ~broken.get(
                 (norm, eps), torch.zeros(len(xb), dtype=torch.bool))
@@ -996,10 +1004,13 @@ def _reference_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg:
                     res.success.tolist(), res.dist_l2.tolist(), res.dist_linf.tolist(),
                     [math.nan if eps is None else float(eps)] * len(rows), [False] * len(rows)))
             bar.update(1)
-        state["batches_done"] = b + 1
-        if run is not None:
-            run.save_checkpoint({**others, tag: state})
-            run.log(f"{tag}: batch {b + 1}/{len(starts)} done")
+            last = j + 1 == len(jobs)
+            state["batches_done"], state["jobs_done"] = (b + 1, 0) if last else (b, j + 1)
+            state["broken"] = {} if last else {f"{n}@{e!r}": v.tolist() for (n, e), v in broken.items()}
+            if run is not None:
+                run.save_checkpoint({**others, tag: state})
+                run.log(f"{tag}: batch {b + 1}/{len(starts)}, job {j + 1}/{len(jobs)} "
+                        f"({_reference_key(attack_name, norm, eps)}) done")
     bar.close()
     table = pd.DataFrame(state["rows"], columns=REFERENCE_COLUMNS)
     table["success"] = table["success"].astype(bool)
