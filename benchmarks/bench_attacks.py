@@ -124,6 +124,20 @@ def _overrides(text: str, cfg) -> dict:
     return out
 
 
+def _behind(best, reference, norm, tol=0.01):
+    """The images whose suite best in ``norm`` is more than ``tol`` farther than the closest successful reference
+    adversarial: one row each, with the ratio and the reference attack that found that point."""
+    import pandas as pd
+
+    b = best[best["norm"] == norm].set_index("image")["best"].astype(float)
+    ref = reference[(reference["norm"] == norm) & reference["success"].astype(bool)]
+    closest = ref.loc[ref.groupby("image")[f"dist_{norm}"].idxmin()].set_index("image")
+    both = closest.index.intersection(b.index[b > 0])
+    ratio = b.loc[both] / closest.loc[both, f"dist_{norm}"].astype(float)
+    out = pd.DataFrame({"ratio": ratio, "attack": closest.loc[both, "attack"]})
+    return out[out["ratio"] > 1 + tol]
+
+
 def reference_mode(model, x, y, idx, args) -> None:
     """The paper's suite and the reference attacks on the same images; passes, seconds and the cross-check."""
     import dataclasses
@@ -238,6 +252,11 @@ def reference_mode(model, x, y, idx, args) -> None:
                   f"{c['n_images']} images (needed: 95%); a reference more than 10% closer on "
                   f"{c['closer_by_10pct']:.1f}%; median suite / reference {c['median_ratio']:.4f}; median best: "
                   f"suite {med['paper_suite']:.4f}, best of all {med['best_of_all']:.4f}")
+            behind = _behind(suite.best, reference, norm)
+            if len(behind):  # where the suite is more than 1 % behind: which reference found the closer point
+                print(f"  more than 1 % behind on {len(behind)} images (suite / reference median "
+                      f"{behind['ratio'].median():.3f}, worst {behind['ratio'].max():.3f}); closest reference there: "
+                      + ", ".join(f"{a} {k}" for a, k in behind["attack"].value_counts().items()))
             for eps, e in c["errors"].items():
                 flag = "ok" if e["suite"] >= e["autoattack"] - 0.5 else "SUITE BELOW AUTOATTACK - 0.5"
                 shown = f"{float(eps) * 255:.3g}/255" if norm == "linf" else eps

@@ -92,3 +92,24 @@ def test_fmn_refine_in_the_suite_is_never_farther_and_keeps_the_hash_at_its_defa
     for norm in ("l2", "linf"):
         job = with_fmn.summary["jobs"][f"fmn-refine-{norm}"]
         assert (job["forward_passes_per_image"], job["backward_passes_per_image"]) == (30 + 12 + 2, 30)
+
+
+def test_fmn_cold_in_the_suite_is_fmn_from_the_image_and_counts_its_passes():
+    """'fmn-cold' is FastMinimumNorm without a start (the published FMN); 'fmn-refine' after it may start from
+    its adversarial, and neither changes what the other attacks find."""
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    x = torch.rand(8, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    idx = torch.arange(8)
+    cfg = AttackConfig(attacks=("pgd", "fmn-cold", "fmn-refine"), n_images=8, batch_size=4, pgd_steps=5,
+                       pgd_search_steps=3, convergence_n=0, fmn_steps=30)
+    res = run_attack_suite(model, x, y, idx, cfg, progress=False)
+    for norm in ("l2", "linf"):
+        alone = FastMinimumNorm(norm=norm, steps=30)(model, x, y, seed=cfg.seed, keys=idx)
+        rows = res.attacks[(res.attacks["attack"] == "fmn-cold") & (res.attacks["norm"] == norm)]
+        assert torch.allclose(torch.tensor(rows[f"dist_{norm}"].values), alone.distance(norm), rtol=0, atol=1e-12)
+        job = res.summary["jobs"][f"fmn-cold-{norm}"]
+        assert (job["forward_passes_per_image"], job["backward_passes_per_image"]) == (30 + 2, 30)
+    assert cfg.scaled(2).fmn_steps == 60  # escalation doubles its budget too

@@ -97,10 +97,11 @@ __all__ = [
 
 #: the suite's attacks, in the order they run
 ATTACKS = ("pgd", "cw", "boundary", "logbarrier")
-#: attacks the suite can add after the paper's, *not in the paper*: 'fmn-refine', the Fast Minimum-Norm attack
-#: (:class:`~paperlib.attacks.fmn.FastMinimumNorm`) started from the best adversarial the earlier attacks found
-#: for the image in that norm (cold where they found none), so it never ends farther than they did
-EXTRA_ATTACKS = ("fmn-refine",)
+#: attacks the suite can add after the paper's, *not in the paper*: 'fmn-cold', the Fast Minimum-Norm attack
+#: (:class:`~paperlib.attacks.fmn.FastMinimumNorm`) started from the image (as published), and 'fmn-refine', FMN
+#: started from the best adversarial the earlier attacks found for the image in that norm (cold where they found
+#: none), so it never ends farther than they did
+EXTRA_ATTACKS = ("fmn-cold", "fmn-refine")
 #: every attack name ``AttackConfig.attacks`` accepts, in the order the suite runs them
 SUITE_ATTACKS = ATTACKS + EXTRA_ATTACKS
 #: attacks that optimize the l2 distance only (their adversarials still count in linf)
@@ -118,7 +119,8 @@ class AttackConfig:
 
     Args:
         attacks: subset of the paper's ``('pgd', 'cw', 'boundary', 'logbarrier')`` and, not in the paper,
-            ``'fmn-refine'`` (:data:`EXTRA_ATTACKS`: FMN warm-started from the earlier attacks' best).
+            ``'fmn-cold'`` and ``'fmn-refine'`` (:data:`EXTRA_ATTACKS`: FMN from the image, and FMN warm-started
+            from the earlier attacks' best).
         norms: subset of ``('l2', 'linf')`` (case-insensitive). PGD and LogBarrier run once per norm; CW and
             Boundary are l2 attacks and run when 'l2' is requested.
         n_images: number of seeded-random test images (the paper: 1000).
@@ -206,8 +208,8 @@ class AttackConfig:
             profile uses 5, as its bounds' ``top_k``). Success, the best distances and the empirical error are
             then top-k. The library reference attacks are top-1 only: ``top_k > 1`` with
             ``reference_attacks`` is a :class:`~paperlib.config.ConfigError`.
-        fmn_steps: iterations of 'fmn-refine' per norm (default 100; it costs that many forward and backward
-            passes per image, plus 12 forward for the bisection of its start).
+        fmn_steps: iterations of 'fmn-cold' and of 'fmn-refine' per norm (default 100; each costs that many
+            forward and backward passes per image, 'fmn-refine' 12 forward more for the bisection of its start).
 
     :meth:`~paperlib.attacks.suite.AttackConfig.cheap` is the recommended configuration for the grid evaluation
     (:data:`~paperlib.attacks.suite.CHEAP_BUDGETS`).
@@ -441,7 +443,7 @@ class AttackConfig:
             logbarrier_linf_outer=self.logbarrier_linf_outer * factor if factor > 1 else self.logbarrier_linf_outer,
             boundary_patience=self.boundary_patience * factor,
             # only where it runs: a config without it keeps its scaled hash (the stored escalation rounds')
-            fmn_steps=self.fmn_steps * factor if "fmn-refine" in self.attacks else self.fmn_steps,
+            fmn_steps=self.fmn_steps * factor if set(EXTRA_ATTACKS) & set(self.attacks) else self.fmn_steps,
             early_stop_tol=self.early_stop_tol / factor if stopping else self.early_stop_tol)
 
     def escalated(self, factor: int, norms: Sequence[str]) -> "AttackConfig":
@@ -482,7 +484,7 @@ class AttackConfig:
                                     patience=self.logbarrier_patience, tol_stop=self.early_stop_tol,
                                     init_growth=float(self.logbarrier_init_growth), stall=self.logbarrier_stall,
                                     outer_patience=self.logbarrier_outer_patience, criterion=criterion)
-        if attack == "fmn-refine":
+        if attack in ("fmn-cold", "fmn-refine"):  # the same attack; the suite gives 'fmn-refine' its start
             return FastMinimumNorm(norm=norm, steps=self.fmn_steps, criterion=criterion)
         raise ConfigError(f"attack={attack!r} is not allowed; choose one of {', '.join(SUITE_ATTACKS)}")
 
@@ -602,7 +604,7 @@ def _attack_batches(model: nn.Module, x: Tensor, y: Tensor, idx: Tensor, cfg: At
                 on = torch.arange(s, s + len(xb)) % cfg.boundary_every == 0
                 xj, yj, ij = xb[on], yb[on], ib[on]
             key = f"{attack_name}-{norm}"
-            kw = {"start": closest[norm][0]} if attack_name in EXTRA_ATTACKS else {}
+            kw = {"start": closest[norm][0]} if attack_name == "fmn-refine" else {}
             res = _counted_call(counted, state, key, lambda: atk(counted, xj, yj, seed=cfg.seed, keys=ij, **kw))
             _keep_closest(closest, res, on)
             st = _job_stats(res, xj)
