@@ -18,9 +18,10 @@ separated by ``/``, e.g. ``attacks=pgd/cw/boundary/logbarrier/fmn-refine``) runs
 time with those budgets on the same images (several changes separated by ``;``: one suite each) and prints its passes, its median best distances beside the
 first's, and per norm how many images it leaves more than 1 % farther (the budget change's cost in strength).
 ``--store`` keeps the references as a sub-run ``reference-<hash>`` of ``--run``, keyed by the images and the
-reference settings only (they take hours on 200 images of one core: Square's 5,000 queries on the images left
-robust), resumable per job and batch (computed before the suites) and loaded once finished (their seconds are then those of the run that computed
-them); the suites, minutes each, are recomputed, so a suite change is cross-checked without redoing them.
+reference settings only (34-54 min on 200 images of one core, most of it Square's 5,000 queries on the images
+left robust), computed before the suites, resumable per job and loaded once finished (their seconds are then
+those of the run that computed them); the suites, minutes each, are recomputed, so a suite change is
+cross-checked without redoing them.
 ``--suites-only`` stops after the suites. ``--before profile`` runs the first suite at the fmnist profile's
 budgets (the suite before issue 12's changes) and the ``--after`` ones at ``--scale``'s with their changes, so
 a cheaper suite is compared image by image with the one it replaces.

@@ -69,13 +69,18 @@ def test_a_start_of_the_wrong_shape_or_outside_the_box_is_a_config_error():
         FastMinimumNorm()(model, x, y, start=x + 2)
 
 
-def test_fmn_refine_in_the_suite_is_never_farther_and_keeps_the_hash_at_its_default():
+def _suite_problem(n: int):
+    """A small CNN and ``n`` float64 images it classifies correctly (the labels are its predictions)."""
     torch.manual_seed(0)
     model = TinyCNN().eval()
-    x = torch.rand(12, 1, 8, 8, dtype=torch.float64)
+    x = torch.rand(n, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         y = model(x).argmax(1)
-    idx = torch.arange(12)
+    return model, x, y, torch.arange(n)
+
+
+def test_fmn_refine_in_the_suite_is_never_farther_and_keeps_the_hash_at_its_default():
+    model, x, y, idx = _suite_problem(12)
     base = AttackConfig(n_images=12, batch_size=6, pgd_steps=5, pgd_search_steps=3, cw_steps=20,
                         cw_binary_search_steps=2, boundary_steps=60, logbarrier_outer=2, logbarrier_inner=10,
                         convergence_n=0, boundary_every=2)  # Boundary on every other image: the start mixes both
@@ -97,12 +102,7 @@ def test_fmn_refine_in_the_suite_is_never_farther_and_keeps_the_hash_at_its_defa
 def test_fmn_cold_in_the_suite_is_fmn_from_the_image_and_counts_its_passes():
     """'fmn-cold' is FastMinimumNorm without a start (the published FMN); 'fmn-refine' after it may start from
     its adversarial, and neither changes what the other attacks find."""
-    torch.manual_seed(0)
-    model = TinyCNN().eval()
-    x = torch.rand(8, 1, 8, 8, dtype=torch.float64)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    idx = torch.arange(8)
+    model, x, y, idx = _suite_problem(8)
     cfg = AttackConfig(attacks=("pgd", "fmn-cold", "fmn-refine"), n_images=8, batch_size=4, pgd_steps=5,
                        pgd_search_steps=3, convergence_n=0, fmn_steps=30)
     res = run_attack_suite(model, x, y, idx, cfg, progress=False)
